@@ -1,0 +1,278 @@
+"""The Python API that the CLI mirrors: train (and resume) a run, load it, predict and evaluate.
+
+A run directory holds:
+    run.json        status, data fingerprint, timings, final metrics
+    config.json     the resolved RunConfig
+    schema.json     the TableSchema fitted on the training split
+    model.json      architecture + constructor arguments
+    metrics.jsonl   one JSON object per logged event
+    checkpoints/    step-NNNNNNNNN/ (safetensors + state.json + MANIFEST.json), LATEST
+    bundle/         the final model for predict / serve (written when training ends)
+Everything a resume trusts is written atomically before the first step, or committed by a manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from torchkeep.checkpoint import Checkpointer
+from torchkeep.config import RunConfig
+from torchkeep.data.builtin import get_example
+from torchkeep.data.io import as_frame, read_table
+from torchkeep.data.loader import BatchLoader
+from torchkeep.data.table import TableSchema
+from torchkeep.errors import CheckpointError, ConfigError, DataError, StorageError
+from torchkeep.export.bundle import read_bundle, write_bundle
+from torchkeep.models.build import build_model, loss_for_task, tabular_model_args
+from torchkeep.storage import open_storage
+from torchkeep.track import JsonlTracker
+from torchkeep.train.loop import fit, predict_outputs, resolve_device
+from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
+from torchkeep.train.progress import Progress
+from torchkeep.train.state import TrainState, seed_everything
+
+log = logging.getLogger("torchkeep")
+
+ARCHITECTURE = "entity_embedding_mlp"
+EVAL_BATCH_ROWS = 65_536
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    valid: dict[str, float]
+    state: TrainState
+    bundle: str
+
+
+def _override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Flat keyword overrides (`epochs=5, lr=1e-3`) applied to whichever section owns the name."""
+    sections = {"": config, "data": config.data, "model": config.model, "train": config.train,
+                "optim": config.train.optim, "checkpoint": config.checkpoint}
+    updates: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    for key, value in overrides.items():
+        owners = [name for name, section in sections.items()
+                  if key in {f.name for f in dataclasses.fields(section)} and key not in sections]
+        if not owners:
+            raise ConfigError(f"unknown setting '{key}'")
+        updates[owners[0]][key] = value
+    train = dataclasses.replace(config.train, optim=dataclasses.replace(config.train.optim, **updates["optim"]),
+                                **updates["train"])
+    return dataclasses.replace(
+        config, data=dataclasses.replace(config.data, **updates["data"]),
+        model=dataclasses.replace(config.model, **updates["model"]), train=train,
+        checkpoint=dataclasses.replace(config.checkpoint, **updates["checkpoint"]), **updates[""],
+    )
+
+
+def _load_data(config: RunConfig, data: Any) -> tuple[pl.DataFrame, str, RunConfig]:
+    """The whole table, a short name for the run directory, and the config with example defaults filled in."""
+    if data is not None and not isinstance(data, str):
+        return as_frame(data), "frame", config
+    path = data or config.data.path
+    if path is None:
+        example = get_example(config.data.example or "flights")
+        data_config = dataclasses.replace(config.data, example=example.name, target=config.data.target or example.target)
+        return read_table(example.path), example.name, dataclasses.replace(config, data=data_config)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=path))
+    return read_table(path), Path(path).stem, config
+
+
+def _split(frame: pl.DataFrame, config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if config.data.valid_path:
+        return frame, read_table(config.data.valid_path)
+    if frame.height < 2:
+        raise DataError(f"{config.data.path or 'data'}: {frame.height} row(s) cannot be split into training and validation")
+    order = np.random.default_rng(config.train.seed).permutation(frame.height)
+    n_valid = max(1, round(frame.height * config.data.valid_fraction))
+    return frame[order[n_valid:]], frame[order[:n_valid]]
+
+
+def _fingerprint(frame: pl.DataFrame) -> dict[str, Any]:
+    return {"rows": frame.height, "columns": frame.columns, "hash": int(frame.hash_rows(seed=0).sum() or 0)}
+
+
+def _write_json(storage: Any, key: str, value: Any) -> None:
+    storage.write(key, json.dumps(value, indent=1, default=str).encode())
+
+
+def _read_json(storage: Any, key: str, run_dir: str) -> Any:
+    try:
+        return json.loads(storage.read(key))
+    except StorageError:
+        raise CheckpointError(f"{run_dir}: not a torchkeep run (no {key})") from None
+    except ValueError as error:
+        raise CheckpointError(f"{run_dir}/{key}: unreadable ({error})") from None
+
+
+def train(
+    data: Any = None,
+    *,
+    target: str | None = None,
+    config: RunConfig | None = None,
+    resume: str | None = None,
+    quiet: bool = False,
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Train a run from a path, a frame or the built-in example; or continue one (`resume=RUN_DIR`).
+
+    Keyword overrides name any config field: `epochs=5, lr=3e-3, valid_fraction=0.2, run_dir=...`.
+    """
+    progress = progress or Progress(quiet=quiet)
+    if resume is not None:
+        if overrides or target is not None or config is not None:
+            raise ConfigError("a resumed run keeps its saved config; pass only the run directory (and data if it was a frame)")
+        storage = open_storage(resume)
+        config = RunConfig.from_dict(_read_json(storage, "config.json", resume), source=f"{resume}/config.json")
+        frame, name, config = _load_data(config, data)
+        saved = _read_json(storage, "run.json", resume)["data"]
+        found = _fingerprint(frame)
+        if (saved["rows"], saved["columns"]) != (found["rows"], found["columns"]):
+            raise DataError(f"{config.data.path or 'data'}: changed since the run started "
+                            f"({saved['rows']} rows then, {found['rows']} now); resume needs the same data")
+        if saved["hash"] != found["hash"]:
+            log.warning("the data's content hash differs from when the run started; resuming anyway")
+        schema = TableSchema.from_dict(_read_json(storage, "schema.json", resume))
+        model_args = _read_json(storage, "model.json", resume)["args"]
+        run_dir = resume
+    else:
+        config = config or RunConfig()
+        if target is not None:
+            overrides["target"] = target
+        config = _override(config, overrides)
+        frame, name, config = _load_data(config, data)
+        if config.data.target is None:
+            raise ConfigError("no target column: pass --target COLUMN (or target= in Python, [data] target in TOML)")
+        run_dir = config.run_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if Path(run_dir).exists() and any(Path(run_dir).iterdir()):
+            raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with --resume {run_dir} or choose another --run-dir")
+        config = dataclasses.replace(config, run_dir=run_dir)
+        source = config.data.path or name
+        train_frame, _ = _split(frame, config)
+        schema = TableSchema.fit(
+            train_frame, target=config.data.target, task=config.data.task, categorical=config.data.categorical,
+            continuous=config.data.continuous, drop=config.data.drop, max_integer_levels=config.data.max_integer_levels,
+            standardize_target=config.data.standardize_target, source=f"{source} (training split)",
+        )
+        monitor, mode = DEFAULT_MONITOR[schema.target.task]
+        train_config = dataclasses.replace(config.train, monitor=config.train.monitor or monitor,
+                                           monitor_mode=config.train.monitor_mode or (mode if not config.train.monitor else None))
+        config = dataclasses.replace(config, train=train_config)
+        model_args = tabular_model_args(config.model, schema)
+        storage = open_storage(run_dir)
+        _write_json(storage, "config.json", config.to_dict())
+        _write_json(storage, "schema.json", schema.to_dict())
+        _write_json(storage, "model.json", {"architecture": ARCHITECTURE, "args": model_args})
+        _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": _fingerprint(frame)})
+
+    assert schema.target is not None
+    source = config.data.path or name
+    train_frame, valid_frame = _split(frame, config)
+    train_tensors = schema.transform(train_frame, source=f"{source} (training split)")
+    valid_tensors = schema.transform(valid_frame, source=config.data.valid_path or f"{source} (validation split)")
+    train_loader = BatchLoader(train_tensors, config.train.batch_size, shuffle=True, seed=config.train.seed)
+    valid_loader = BatchLoader(valid_tensors, EVAL_BATCH_ROWS, shuffle=False)
+    seed_everything(config.train.seed)
+    model = build_model(ARCHITECTURE, model_args)
+    task = schema.target.task
+    keep_best = (f"valid_{config.train.monitor}", config.train.monitor_mode or DEFAULT_MONITOR[task][1])
+    checkpointer = Checkpointer(run_dir, keep_last=config.checkpoint.keep_last,
+                                keep_best=keep_best if config.checkpoint.keep_best else None,
+                                async_save=config.checkpoint.async_save)
+    tracker = JsonlTracker(str(Path(run_dir) / "metrics.jsonl"))
+    progress.message(f"training {task} model on {train_frame.height:,} rows ({valid_frame.height:,} for validation)"
+                     f" -> {run_dir}")
+    status = "failed"
+    started = time.time()
+    try:
+        result = fit(
+            model, loss_for_task(task), train_loader, config=config.train, valid_loader=valid_loader,
+            metrics_fn=metrics_for_task(task, schema.target.std), checkpointer=checkpointer,
+            checkpoint_every_steps=config.checkpoint.every_steps, checkpoint_every_epoch=config.checkpoint.every_epoch,
+            trackers=[tracker], progress=progress, resume=resume is not None,
+        )
+        valid = (evaluate_tensors(model, schema, valid_tensors) if config.train.restore_best else result.valid)
+        write_bundle(storage, model=model.cpu(), architecture=ARCHITECTURE, model_args=model_args,
+                     schema=schema, metrics={f"valid_{k}": v for k, v in valid.items()}, prefix="bundle")
+        status = "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        checkpointer.close()
+        tracker.close()
+        run = _read_json(storage, "run.json", run_dir)
+        run.update(status=status, updated_at=time.time(), seconds=run.get("seconds", 0) + time.time() - started)
+        if status == "complete":
+            run["valid"] = valid
+        _write_json(storage, "run.json", run)
+    return RunResult(run_dir=run_dir, valid=valid, state=result.state, bundle=str(Path(run_dir) / "bundle"))
+
+
+def evaluate_tensors(model: torch.nn.Module, schema: TableSchema, tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+    assert schema.target is not None
+    loader = BatchLoader(tensors, EVAL_BATCH_ROWS, shuffle=False)
+    outputs, targets = predict_outputs(model, loader, next(model.parameters()).device)
+    task = schema.target.task
+    return {"loss": loss_for_task(task)(outputs, targets).item(), **metrics_for_task(task, schema.target.std)(outputs, targets)}
+
+
+class Predictor:
+    """A trained model with its preprocessing: raw frames in, predictions in original units out."""
+
+    def __init__(self, model: torch.nn.Module, schema: TableSchema, meta: dict[str, Any], source: str) -> None:
+        self.model, self.schema, self.meta, self.source = model.eval(), schema, meta, source
+
+    @property
+    def task(self) -> str:
+        assert self.schema.target is not None
+        return self.schema.target.task
+
+    def predict(self, data: Any, *, source: str = "data") -> pl.DataFrame:
+        """A frame with `prediction` (labels / original units) and, for classification, probabilities."""
+        frame = read_table(data) if isinstance(data, str) else as_frame(data)
+        tensors = self.schema.transform(frame, with_target=False, source=source if not isinstance(data, str) else data)
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, frame.height, EVAL_BATCH_ROWS):
+                outputs.append(self.model(**{k: v[start : start + EVAL_BATCH_ROWS] for k, v in tensors.items()}))
+        return self.schema.decode(torch.cat(outputs))
+
+    def evaluate(self, data: Any, *, source: str = "data") -> dict[str, float]:
+        frame = read_table(data) if isinstance(data, str) else as_frame(data)
+        tensors = self.schema.transform(frame, source=source if not isinstance(data, str) else data)
+        return evaluate_tensors(self.model, self.schema, tensors)
+
+
+def load(path: str) -> Predictor:
+    """A Predictor from a bundle directory, or a run directory (its bundle, else its newest valid checkpoint)."""
+    storage = open_storage(path)
+    if storage.exists("bundle/bundle.json"):
+        model, schema, meta = read_bundle(storage, "bundle")
+    elif storage.exists("bundle.json"):
+        model, schema, meta = read_bundle(storage)
+    elif storage.exists("config.json"):
+        schema = TableSchema.from_dict(_read_json(storage, "schema.json", path))
+        spec = _read_json(storage, "model.json", path)
+        model = build_model(spec["architecture"], spec["args"])
+        restored = Checkpointer(storage).restore(model=model, restore_rng=False)
+        if restored is None:
+            raise CheckpointError(f"{path}: the run has no bundle and no valid checkpoint to load")
+        log.warning("%s has no bundle (training did not finish); using checkpoint %s", path, restored.name)
+        meta = {"architecture": spec["architecture"], "checkpoint": restored.name}
+    else:
+        if not Path(path).exists():
+            raise DataError(f"{path}: no such run or bundle")
+        raise CheckpointError(f"{path}: not a torchkeep run or bundle (no bundle.json or config.json)")
+    return Predictor(model.to(resolve_device("cpu")), schema, meta, path)

@@ -1,0 +1,145 @@
+"""The on-storage checkpoint format.
+
+A checkpoint is a prefix `checkpoints/step-000001234/` holding tensor files (safetensors) and
+`state.json`, committed by `MANIFEST.json` written last with every file's size and sha256.
+A checkpoint whose manifest is missing, unreadable, or does not match its files does not exist.
+Nothing here ever unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from torchkeep.errors import CheckpointError, StorageError
+from torchkeep.storage import Storage
+
+SCHEMA_VERSION = 1
+MANIFEST = "MANIFEST.json"
+LATEST = "LATEST"
+PREFIX = "checkpoints"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def step_of(name: str) -> int | None:
+    if not name.startswith("step-"):
+        return None
+    try:
+        return int(name.removeprefix("step-"))
+    except ValueError:
+        return None
+
+
+@dataclass
+class CheckpointInfo:
+    """What `list_checkpoints` knows of one checkpoint without loading its tensors."""
+
+    name: str
+    step: int
+    status: str  # "complete" | "incomplete" | "corrupt"
+    reason: str = ""
+    size_bytes: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    epoch: int | None = None
+    created_at: float | None = None
+
+
+def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    return safetensors_save({k: v.contiguous() for k, v in tensors.items()})
+
+
+def bytes_to_tensors(data: bytes, what: str) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors_load(data)
+    except Exception as error:  # safetensors raises its own error types for malformed headers
+        raise CheckpointError(f"{what}: not a valid safetensors file ({error})") from error
+
+
+def write_checkpoint(
+    storage: Storage, name: str, files: dict[str, bytes], meta: dict[str, Any]
+) -> None:
+    """Write every file, then the manifest (the commit point), then LATEST."""
+    base = f"{PREFIX}/{name}"
+    entries = {}
+    for file_name, data in files.items():
+        storage.write(f"{base}/{file_name}", data)
+        entries[file_name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": time.time(),
+        **meta,
+        "files": entries,
+    }
+    storage.write(f"{base}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+    storage.write(f"{PREFIX}/{LATEST}", name.encode())
+
+
+def read_manifest(storage: Storage, name: str) -> dict[str, Any]:
+    key = f"{PREFIX}/{name}/{MANIFEST}"
+    if not storage.exists(key):
+        raise CheckpointError(f"{storage.uri}/{PREFIX}/{name}: incomplete (no {MANIFEST})")
+    try:
+        manifest = json.loads(storage.read(key))
+        manifest["files"].items()
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{storage.uri}/{key}: unreadable manifest ({error})") from error
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{storage.uri}/{key}: schema_version {manifest.get('schema_version')!r},"
+            f" expected {SCHEMA_VERSION}"
+        )
+    return manifest
+
+
+def read_checkpoint(storage: Storage, name: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest and every file's bytes, each checked against the manifest's size and sha256."""
+    manifest = read_manifest(storage, name)
+    files = {}
+    for file_name, entry in manifest["files"].items():
+        where = f"{storage.uri}/{PREFIX}/{name}/{file_name}"
+        try:
+            data = storage.read(f"{PREFIX}/{name}/{file_name}")
+        except StorageError as error:
+            raise CheckpointError(f"{where}: listed in the manifest but unreadable ({error})") from error
+        if len(data) != entry["size"]:
+            raise CheckpointError(
+                f"{where}: {len(data)} bytes, manifest says {entry['size']} (truncated or altered)"
+            )
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CheckpointError(f"{where}: sha256 does not match the manifest (altered bytes)")
+        files[file_name] = data
+    return manifest, files
+
+
+def list_checkpoints(storage: Storage, verify: bool = False) -> list[CheckpointInfo]:
+    """Every checkpoint prefix, oldest first. `verify` hashes every file (slow on big runs)."""
+    names: set[str] = set()
+    for key in storage.list(PREFIX):
+        parts = key.split("/")
+        if len(parts) >= 3 and step_of(parts[1]) is not None:
+            names.add(parts[1])
+    infos = []
+    for name in sorted(names, key=lambda n: step_of(n) or 0):
+        info = CheckpointInfo(name=name, step=step_of(name) or 0, status="complete")
+        try:
+            manifest = read_checkpoint(storage, name)[0] if verify else read_manifest(storage, name)
+        except CheckpointError as error:
+            info.status = "incomplete" if "incomplete" in str(error) else "corrupt"
+            info.reason = str(error)
+        else:
+            info.size_bytes = sum(entry["size"] for entry in manifest["files"].values())
+            info.metrics = manifest.get("metrics", {})
+            info.epoch = manifest.get("epoch")
+            info.created_at = manifest.get("created_at")
+        infos.append(info)
+    return infos

@@ -1,0 +1,105 @@
+"""RunConfig: every setting of a run, composed from each component's own config dataclass.
+
+A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [checkpoint]);
+CLI flags override the file; the resolved config is saved in the run directory as config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchkeep.errors import ConfigError
+from torchkeep.models.tabular import TabularModelConfig
+from torchkeep.train.loop import TrainConfig
+from torchkeep.train.optim import OptimConfig
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    path: str | None = None  # CSV or Parquet; None: the built-in `example`
+    example: str | None = None  # a built-in dataset (`torchkeep datasets`); default "flights"
+    target: str | None = None
+    task: str | None = None  # binary | multiclass | regression; None: inferred from the target
+    valid_path: str | None = None
+    valid_fraction: float = 0.1  # of the rows, when there is no valid_path
+    categorical: list[str] = field(default_factory=list)
+    continuous: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+    max_integer_levels: int = 32  # integer columns with at most this many values are categorical
+    standardize_target: bool = True  # regression only
+
+    def __post_init__(self) -> None:
+        if not 0 < self.valid_fraction < 1:
+            raise ConfigError(f"data.valid_fraction must be in (0, 1) (got {self.valid_fraction})")
+        if self.task not in (None, "binary", "multiclass", "regression"):
+            raise ConfigError(f"data.task must be binary, multiclass or regression (got {self.task!r})")
+        if self.max_integer_levels < 0:
+            raise ConfigError(f"data.max_integer_levels must be >= 0 (got {self.max_integer_levels})")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every_steps: int | None = None
+    every_epoch: bool = True
+    keep_last: int = 3
+    keep_best: bool = True  # also keep the checkpoint with the best monitored validation metric
+    async_save: bool = True  # TOML key: `async`
+
+    def __post_init__(self) -> None:
+        if self.every_steps is not None and self.every_steps < 1:
+            raise ConfigError(f"checkpoint.every_steps must be > 0 (got {self.every_steps})")
+        if self.keep_last < 1:
+            raise ConfigError(f"checkpoint.keep_last must be >= 1 (got {self.keep_last})")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    run_dir: str | None = None  # None: runs/<data name>-<time>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: TabularModelConfig = field(default_factory=TabularModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
+        return _build(cls, data, source)
+
+
+_ALIASES = {"async": "async_save"}
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table of settings (got {type(data).__name__})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    nested = {"data": DataConfig, "model": TabularModelConfig, "train": TrainConfig,
+              "checkpoint": CheckpointConfig, "optim": OptimConfig}
+    kwargs = {}
+    for key, value in data.items():
+        name = _ALIASES.get(key, key)
+        if name not in fields:
+            raise ConfigError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(fields))})")
+        if name in nested and dataclasses.is_dataclass(nested[name]) and isinstance(value, dict):
+            value = _build(nested[name], value, f"{where}.{key}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def load_toml(path: str) -> RunConfig:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return RunConfig.from_dict(data, source=path)

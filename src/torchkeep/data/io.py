@@ -1,0 +1,61 @@
+"""Reading and writing tables (CSV, Parquet) with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from torchkeep.errors import DataError
+
+READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def as_frame(data: Any, what: str = "data") -> pl.DataFrame:
+    """A polars DataFrame from a polars or pandas frame, or a dict of columns."""
+    if isinstance(data, pl.DataFrame):
+        return data
+    if isinstance(data, pl.LazyFrame):
+        return data.collect()
+    if type(data).__module__.startswith("pandas"):
+        return pl.from_pandas(data)
+    if isinstance(data, dict):
+        return pl.DataFrame(data)
+    raise DataError(f"{what}: expected a path, a polars or pandas DataFrame (got {type(data).__name__})")
+
+
+def read_table(path: str) -> pl.DataFrame:
+    """Read a CSV or Parquet file; a missing, unreadable or empty file is a DataError naming it."""
+    suffix = Path(path).suffix.lower()
+    kind = READERS.get(suffix)
+    if kind is None:
+        raise DataError(f"{path}: unsupported file type '{suffix or '(none)'}' (expected .csv or .parquet)")
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        if kind == "csv":
+            frame = pl.read_csv(path, infer_schema_length=10_000, null_values=["", "NA", "NaN", "null"])
+        else:
+            frame = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: cannot read as {kind}: {first}") from error
+    if frame.height == 0 or frame.width == 0:
+        raise DataError(f"{path}: the table is empty ({frame.height} rows, {frame.width} columns)")
+    return frame
+
+
+def write_table(frame: pl.DataFrame, path: str) -> None:
+    suffix = Path(path).suffix.lower()
+    kind = READERS.get(suffix)
+    if kind is None:
+        raise DataError(f"{path}: unsupported output type '{suffix or '(none)'}' (expected .csv or .parquet)")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if kind == "csv":
+            frame.write_csv(path)
+        else:
+            frame.write_parquet(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot write: {error.strerror or error}") from error

@@ -1,0 +1,393 @@
+"""TableSchema: how raw table columns become model tensors, fitted on the training split only.
+
+- categorical columns (strings, booleans, low-cardinality integers, or named by the user) get a
+  vocabulary ordered by training frequency; index 0 is reserved for null AND unseen values and is
+  never shared with a real level;
+- continuous columns are filled with the training median (plus a 0/1 missing-indicator input when
+  the training split had nulls), then standardized with training mean and std. Nulls that appear
+  only later are filled the same way and never change the number of inputs;
+- the target is encoded per task: binary / multiclass through a label vocabulary, regression
+  standardized (and returned in original units by `decode`).
+
+`transform` is the only road from raw rows to tensors: training, evaluation, predict and serving.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+
+from torchkeep.errors import DataError
+
+Task = Literal["binary", "multiclass", "regression"]
+TASKS = ("binary", "multiclass", "regression")
+MAX_CLASS_LEVELS_INFERRED = 20
+
+
+@dataclass
+class CategoricalColumn:
+    name: str
+    kind: str  # "string" | "integer" | "boolean": what raw values are cast to before lookup
+    levels: list[Any]  # level i is encoded as i + 1
+    has_nulls: bool = False  # whether the training split had nulls (index 0 was seen in training)
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.levels) + 1
+
+
+@dataclass
+class ContinuousColumn:
+    name: str
+    median: float
+    mean: float
+    std: float
+    missing_indicator: bool
+
+
+@dataclass
+class TargetSpec:
+    name: str
+    task: str
+    kind: str = "float"  # raw kind of labels: "string" | "integer" | "boolean" | "float"
+    labels: list[Any] = field(default_factory=list)
+    mean: float = 0.0
+    std: float = 1.0
+
+    @property
+    def output_size(self) -> int:
+        return len(self.labels) if self.task == "multiclass" else 1
+
+
+def _kind(dtype: pl.DataType) -> str | None:
+    if dtype == pl.Boolean:
+        return "boolean"
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return "string"
+    if dtype.is_integer():
+        return "integer"
+    if dtype.is_float():
+        return "float"
+    return None
+
+
+_CASTS = {"string": pl.String, "integer": pl.Int64, "boolean": pl.Boolean, "float": pl.Float64}
+
+
+def _sample(values: list[Any], limit: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return shown + (", ..." if len(values) > limit else "")
+
+
+def _cast(frame: pl.DataFrame, name: str, kind: str, source: str, expected: str) -> pl.Series:
+    try:
+        return frame.get_column(name).cast(_CASTS[kind], strict=True)
+    except (pl.exceptions.PolarsError, TypeError) as error:
+        found = frame.schema[name]
+        raise DataError(
+            f"{source}: column '{name}' has type {found} and values that are not {expected}"
+            f" ({str(error).splitlines()[0][:120]})"
+        ) from None
+
+
+def _check_finite(values: pl.Series, name: str, source: str) -> None:
+    bad = values.is_nan() | values.is_infinite()
+    count = int(bad.sum() or 0)
+    if count:
+        first = int(bad.arg_true()[0])
+        raise DataError(
+            f"{source}: column '{name}' has {count} NaN/inf value(s) (first at row {first});"
+            " expected finite numbers or null"
+        )
+
+
+class TableSchema:
+    """Column encodings fitted on a training frame; saved as JSON inside runs and bundles."""
+
+    def __init__(
+        self,
+        categorical: list[CategoricalColumn],
+        continuous: list[ContinuousColumn],
+        target: TargetSpec | None,
+    ) -> None:
+        self.categorical = categorical
+        self.continuous = continuous
+        self.target = target
+
+    # -- fitting --------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        frame: pl.DataFrame,
+        *,
+        target: str,
+        task: str | None = None,
+        categorical: list[str] | tuple[str, ...] = (),
+        continuous: list[str] | tuple[str, ...] = (),
+        drop: list[str] | tuple[str, ...] = (),
+        max_integer_levels: int = 32,
+        standardize_target: bool = True,
+        source: str = "training data",
+    ) -> TableSchema:
+        if frame.height == 0:
+            raise DataError(f"{source}: the training split is empty")
+        for option, names in (("--categorical", categorical), ("--continuous", continuous), ("--drop", drop)):
+            unknown = [n for n in names if n not in frame.columns]
+            if unknown:
+                raise DataError(
+                    f"{source}: {option} names unknown column(s) {_sample(unknown)};"
+                    f" columns are: {', '.join(frame.columns)}"
+                )
+        both = set(categorical) & set(continuous)
+        if both:
+            raise DataError(f"{source}: column(s) {_sample(sorted(both))} are named both categorical and continuous")
+        target_spec = cls._fit_target(frame, target, task, standardize_target, source)
+        cat_columns: list[CategoricalColumn] = []
+        cont_columns: list[ContinuousColumn] = []
+        for name in frame.columns:
+            if name == target or name in drop:
+                continue
+            column = frame.get_column(name)
+            kind = _kind(column.dtype)
+            if column.null_count() == frame.height:
+                raise DataError(f"{source}: column '{name}' is null in every row; drop it with --drop {name}")
+            if name in categorical:
+                as_categorical = True
+            elif name in continuous:
+                if kind not in ("integer", "float", "boolean"):
+                    raise DataError(f"{source}: column '{name}' has type {column.dtype}; --continuous needs numbers")
+                as_categorical = False
+            elif kind is None:
+                raise DataError(
+                    f"{source}: column '{name}' has type {column.dtype}, which is neither categorical nor"
+                    f" continuous; drop it with --drop {name} or convert it"
+                )
+            else:
+                as_categorical = kind in ("string", "boolean") or (
+                    kind == "integer" and column.n_unique() - (column.null_count() > 0) <= max_integer_levels
+                )
+            if as_categorical:
+                cat_columns.append(cls._fit_categorical(column, kind or "string", source))
+            else:
+                cont_columns.append(cls._fit_continuous(column, source))
+        if not cat_columns and not cont_columns:
+            raise DataError(f"{source}: no feature columns left besides the target '{target}'")
+        return cls(cat_columns, cont_columns, target_spec)
+
+    @staticmethod
+    def _fit_categorical(column: pl.Series, kind: str, source: str) -> CategoricalColumn:
+        if kind == "float":
+            kind = "string"  # a float column named categorical: its exact values are the levels
+        values = column.cast(_CASTS[kind]).drop_nulls()
+        counts = values.value_counts(sort=False)
+        counts = counts.sort(["count", column.name], descending=[True, False])
+        levels = counts.get_column(column.name).to_list()
+        if len(levels) == 1 and column.null_count() == 0:
+            raise DataError(
+                f"{source}: column '{column.name}' has a single value ({levels[0]!r}) in every row,"
+                f" so it carries no information; drop it with --drop {column.name}"
+            )
+        return CategoricalColumn(name=column.name, kind=kind, levels=levels, has_nulls=column.null_count() > 0)
+
+    @staticmethod
+    def _fit_continuous(column: pl.Series, source: str) -> ContinuousColumn:
+        values = column.cast(pl.Float64)
+        _check_finite(values, column.name, source)
+        present = values.drop_nulls()
+        median = float(present.median())
+        filled = values.fill_null(median)
+        mean, std = float(filled.mean()), float(filled.std(ddof=0))
+        if not std > 0:
+            raise DataError(
+                f"{source}: column '{column.name}' has the same value ({median:g}) in every row,"
+                f" so it carries no information; drop it with --drop {column.name}"
+            )
+        return ContinuousColumn(column.name, median, mean, std, missing_indicator=column.null_count() > 0)
+
+    @staticmethod
+    def _fit_target(frame: pl.DataFrame, name: str, task: str | None, standardize: bool, source: str) -> TargetSpec:
+        if name not in frame.columns:
+            raise DataError(f"{source}: target column '{name}' not found; columns are: {', '.join(frame.columns)}")
+        column = frame.get_column(name)
+        nulls = column.null_count()
+        if nulls:
+            first = int(column.is_null().arg_true()[0])
+            raise DataError(
+                f"{source}: target column '{name}' has {nulls} null value(s) (first at row {first});"
+                " drop those rows or choose another target"
+            )
+        kind = _kind(column.dtype)
+        if kind is None:
+            raise DataError(f"{source}: target column '{name}' has type {column.dtype}; expected labels or numbers")
+        if kind == "float":
+            _check_finite(column, name, source)
+        levels = column.unique().sort().to_list()
+        if task is None:
+            if len(levels) == 2:
+                task = "binary"
+            elif kind in ("string", "boolean") or (kind == "integer" and len(levels) <= MAX_CLASS_LEVELS_INFERRED):
+                task = "multiclass"
+            else:
+                task = "regression"
+        if task not in TASKS:
+            raise DataError(f"task must be one of {', '.join(TASKS)} (got {task!r})")
+        if task in ("binary", "multiclass"):
+            if len(levels) < 2:
+                raise DataError(f"{source}: target column '{name}' has a single label {levels[0]!r}; nothing to learn")
+            if task == "binary" and len(levels) != 2:
+                raise DataError(
+                    f"{source}: --task binary needs exactly 2 labels in '{name}', found {len(levels)}"
+                    f" ({_sample(levels)}); use --task multiclass"
+                )
+            if kind == "float":
+                kind = "string" if not all(float(v).is_integer() for v in levels) else "integer"
+                levels = sorted({(int(v) if kind == "integer" else str(v)) for v in levels})
+            return TargetSpec(name=name, task=task, kind=kind, labels=levels)
+        if kind not in ("integer", "float"):
+            raise DataError(f"{source}: --task regression needs a numeric target; '{name}' has type {column.dtype}")
+        values = column.cast(pl.Float64)
+        mean, std = (float(values.mean()), float(values.std(ddof=0))) if standardize else (0.0, 1.0)
+        if not std > 0:
+            raise DataError(f"{source}: target column '{name}' is constant ({mean:g}); nothing to learn")
+        return TargetSpec(name=name, task="regression", kind="float", mean=mean, std=std)
+
+    # -- transforming ---------------------------------------------------------------------------
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.categorical] + [c.name for c in self.continuous]
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [c.cardinality for c in self.categorical]
+
+    @property
+    def n_continuous_inputs(self) -> int:
+        return len(self.continuous) + sum(c.missing_indicator for c in self.continuous)
+
+    def transform(self, frame: pl.DataFrame, *, with_target: bool = True, source: str = "data") -> dict[str, torch.Tensor]:
+        """`categorical` int64 [N, C], `continuous` float32 [N, K] and (with_target) `target`."""
+        missing = [n for n in self.feature_names if n not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{source}: missing column(s) {_sample(missing)} that the model was trained on;"
+                f" found: {_sample(frame.columns, 20)}"
+            )
+        if frame.height == 0:
+            raise DataError(f"{source}: the table is empty")
+        out: dict[str, torch.Tensor] = {}
+        codes = []
+        for column in self.categorical:
+            values = _cast(frame, column.name, column.kind, source, f"{column.kind} levels")
+            lookup = values.replace_strict(
+                column.levels, list(range(1, column.cardinality)), default=0, return_dtype=pl.Int64
+            )
+            codes.append(lookup.fill_null(0).to_numpy())
+        out["categorical"] = torch.from_numpy(
+            np.ascontiguousarray(np.stack(codes, axis=1)) if codes else np.zeros((frame.height, 0), np.int64)
+        )
+        inputs = []
+        for column in self.continuous:
+            values = _cast(frame, column.name, "float", source, "numbers")
+            _check_finite(values, column.name, source)
+            if column.missing_indicator:
+                indicator = values.is_null().cast(pl.Float32).to_numpy()
+            standardized = ((values.fill_null(column.median) - column.mean) / column.std).cast(pl.Float32)
+            inputs.append(standardized.to_numpy())
+            if column.missing_indicator:
+                inputs.append(indicator)
+        out["continuous"] = torch.from_numpy(
+            np.ascontiguousarray(np.stack(inputs, axis=1)) if inputs else np.zeros((frame.height, 0), np.float32)
+        )
+        if with_target:
+            out["target"] = self.encode_target(frame, source)
+        return out
+
+    def encode_target(self, frame: pl.DataFrame, source: str = "data") -> torch.Tensor:
+        spec = self.target
+        assert spec is not None, "schema fitted without a target"
+        if spec.name not in frame.columns:
+            raise DataError(f"{source}: target column '{spec.name}' not found; columns are: {', '.join(frame.columns)}")
+        raw = frame.get_column(spec.name)
+        if raw.null_count():
+            raise DataError(f"{source}: target column '{spec.name}' has {raw.null_count()} null value(s)")
+        if spec.task == "regression":
+            values = _cast(frame, spec.name, "float", source, "numbers")
+            _check_finite(values, spec.name, source)
+            return torch.from_numpy(((values - spec.mean) / spec.std).cast(pl.Float32).to_numpy().copy())
+        values = _cast(frame, spec.name, spec.kind, source, f"{spec.kind} labels")
+        codes = values.replace_strict(spec.labels, list(range(len(spec.labels))), default=-1, return_dtype=pl.Int64)
+        unseen = codes == -1
+        if unseen.any():
+            found = values.filter(unseen).unique().to_list()
+            raise DataError(
+                f"{source}: target column '{spec.name}' has label(s) {_sample(found)} not seen in training"
+                f" (known: {_sample(spec.labels, 10)})"
+            )
+        array = codes.to_numpy()
+        if spec.task == "binary":
+            return torch.from_numpy(array.astype(np.float32))
+        return torch.from_numpy(array.copy())
+
+    def decode(self, outputs: torch.Tensor) -> pl.DataFrame:
+        """Model outputs -> a frame: `prediction` in original units / labels, plus class probabilities."""
+        spec = self.target
+        assert spec is not None, "schema fitted without a target"
+        outputs = outputs.detach().float().cpu()
+        if spec.task == "regression":
+            values = outputs.reshape(-1).double().numpy() * spec.std + spec.mean
+            return pl.DataFrame({"prediction": values})
+        if spec.task == "binary":
+            positive = torch.sigmoid(outputs.reshape(-1))
+            probabilities = torch.stack([1 - positive, positive], dim=1)
+        else:
+            probabilities = torch.softmax(outputs, dim=1)
+        index = probabilities.argmax(dim=1).numpy()
+        labels = pl.Series("prediction", spec.labels)
+        columns = {"prediction": labels.gather(index)}
+        for i, label in enumerate(spec.labels):
+            columns[f"probability_{label}"] = pl.Series(probabilities[:, i].numpy())
+        return pl.DataFrame(columns)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "categorical": [asdict(c) for c in self.categorical],
+            "continuous": [asdict(c) for c in self.continuous],
+            "target": asdict(self.target) if self.target else None,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TableSchema:
+        return cls(
+            [CategoricalColumn(**c) for c in data["categorical"]],
+            [ContinuousColumn(**c) for c in data["continuous"]],
+            TargetSpec(**data["target"]) if data.get("target") else None,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TableSchema:
+        return cls.from_dict(json.loads(text))
+
+    def describe(self) -> dict[str, Any]:
+        """What raw input looks like: for validation, `/metadata` and `--help`-style summaries."""
+        return {
+            "columns": [
+                {"name": c.name, "type": "categorical", "kind": c.kind, "levels": len(c.levels)}
+                for c in self.categorical
+            ]
+            + [{"name": c.name, "type": "continuous", "nullable": True} for c in self.continuous],
+            "target": self.target.name if self.target else None,
+            "task": self.target.task if self.target else None,
+            "labels": self.target.labels if self.target and self.target.labels else None,
+        }

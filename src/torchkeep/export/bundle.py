@@ -1,0 +1,87 @@
+"""The bundle: everything `predict` (and serving) needs, and nothing else.
+
+    bundle.json        architecture + constructor args, preprocessor (TableSchema), task, metrics, versions
+    model.safetensors  weights
+    MANIFEST.json      sizes and sha256 of both, written last
+
+It loads without the run that made it and without unpickling; the config names the architecture,
+so renaming or moving a model class in user code never breaks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from typing import Any
+
+import polars as pl
+import torch
+from torch import nn
+
+from torchkeep.checkpoint.format import bytes_to_tensors, tensors_to_bytes
+from torchkeep.data.table import TableSchema
+from torchkeep.errors import CheckpointError, StorageError
+from torchkeep.models.build import build_model
+from torchkeep.storage import Storage
+
+BUNDLE_FILE = "bundle.json"
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST = "MANIFEST.json"
+BUNDLE_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    from torchkeep import __version__
+
+    return {"torchkeep": __version__, "torch": torch.__version__, "polars": pl.__version__,
+            "python": platform.python_version()}
+
+
+def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model_args: dict[str, Any],
+                 schema: TableSchema, metrics: dict[str, float], prefix: str = "") -> None:
+    base = f"{prefix}/" if prefix else ""
+    meta = {
+        "format": "torchkeep.bundle",
+        "bundle_version": BUNDLE_VERSION,
+        "architecture": architecture,
+        "model_args": model_args,
+        "preprocessor": {"kind": "table", "schema": schema.to_dict()},
+        "task": schema.target.task if schema.target else None,
+        "metrics": metrics,
+        "versions": versions(),
+    }
+    files = {
+        WEIGHTS_FILE: tensors_to_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+        BUNDLE_FILE: json.dumps(meta, indent=1).encode(),
+    }
+    storage.delete(f"{base}{MANIFEST}")  # an overwritten bundle is invalid until its new manifest lands
+    for name, data in files.items():
+        storage.write(f"{base}{name}", data)
+    manifest = {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()}
+    storage.write(f"{base}{MANIFEST}", json.dumps({"files": manifest}, indent=1).encode())
+
+
+def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, TableSchema, dict[str, Any]]:
+    """(model in eval mode, schema, bundle.json contents), every file checked against the manifest."""
+    base = f"{prefix}/" if prefix else ""
+    where = f"{storage.uri}/{prefix}".rstrip("/")
+    try:
+        manifest = json.loads(storage.read(f"{base}{MANIFEST}"))["files"]
+    except (StorageError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{where}: not a complete bundle (no valid {MANIFEST})") from error
+    files = {}
+    for name in (BUNDLE_FILE, WEIGHTS_FILE):
+        data = storage.read(f"{base}{name}")
+        entry = manifest.get(name, {})
+        if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise CheckpointError(f"{where}/{name}: does not match the bundle manifest (truncated or altered)")
+        files[name] = data
+    meta = json.loads(files[BUNDLE_FILE])
+    if meta.get("bundle_version") != BUNDLE_VERSION:
+        raise CheckpointError(f"{where}: bundle_version {meta.get('bundle_version')!r}, expected {BUNDLE_VERSION}")
+    schema = TableSchema.from_dict(meta["preprocessor"]["schema"])
+    model = build_model(meta["architecture"], meta["model_args"])
+    model.load_state_dict(bytes_to_tensors(files[WEIGHTS_FILE], f"{where}/{WEIGHTS_FILE}"))
+    model.eval()
+    return model, schema, meta

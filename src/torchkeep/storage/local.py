@@ -1,0 +1,75 @@
+"""Local disk: every write goes to a temp file, is fsynced, renamed over the target, and the directory fsynced."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from torchkeep.errors import StorageError
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"{path}: write failed: {error.strerror or error}") from error
+
+
+class LocalStorage:
+    def __init__(self, root: str) -> None:
+        self.uri = root
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def read(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"{path}: no such file") from None
+        except OSError as error:
+            raise StorageError(f"{path}: cannot read: {error.strerror or error}") from error
+
+    def write(self, key: str, data: bytes) -> None:
+        atomic_write(self._path(key), data)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under `prefix` (files only, recursive), sorted; temp files of unfinished writes are hidden."""
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            if path.is_file() and not path.name.startswith("."):
+                keys.append(path.relative_to(self.root).as_posix())
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

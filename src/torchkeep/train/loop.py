@@ -1,0 +1,262 @@
+"""fit(): the training loop, one function top to bottom.
+
+It takes any nn.Module, a loss, loaders and a TrainConfig, and knows nothing about tables,
+images or text. Batches are either dicts (the key "target" is the label, every other key is
+passed to the model by name: `model(**inputs)`) or `(inputs, target)` pairs (`model(inputs)`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sized
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from torchkeep.checkpoint import Checkpointer
+from torchkeep.errors import CheckpointError, ConfigError
+from torchkeep.track import Tracker
+from torchkeep.train.metrics import HIGHER_IS_BETTER, MetricFn
+from torchkeep.train.optim import OptimConfig, build_optimizer, build_scheduler
+from torchkeep.train.progress import Progress
+from torchkeep.train.state import TrainState, seed_everything
+
+log = logging.getLogger("torchkeep")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 1024
+    grad_accum_steps: int = 1
+    clip_grad_norm: float | None = None
+    valid_every_steps: int | None = None  # validation also runs at every epoch end
+    early_stopping_patience: int | None = None  # validations without improvement before stopping
+    monitor: str | None = None  # metric early stopping and best-k watch; None: per task
+    monitor_mode: str | None = None  # "min" | "max"; None: from the metric's name
+    restore_best: bool = True  # end with the weights of the best validation (when there is one)
+    seed: int = 0
+    deterministic: bool = False
+    log_every_steps: int = 50
+    device: str = "auto"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
+                    "log_every_steps": self.log_every_steps}
+        optional = {"valid_every_steps": self.valid_every_steps,
+                    "early_stopping_patience": self.early_stopping_patience}
+        for name, value in {**positive, **{k: v for k, v in optional.items() if v is not None}}.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be > 0 (got {value})")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ConfigError(f"clip_grad_norm must be > 0 (got {self.clip_grad_norm})")
+        if self.monitor_mode not in (None, "min", "max"):
+            raise ConfigError(f"monitor_mode must be min or max (got {self.monitor_mode!r})")
+
+
+@dataclass
+class FitResult:
+    state: TrainState
+    valid: dict[str, float]  # metrics of the last validation
+    history: list[dict[str, Any]]
+
+
+class Loader(Sized, Iterable[Any], Protocol):
+    epoch: int
+    position: int
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+
+
+def forward(model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outputs, target) for one batch in either batch convention."""
+    if isinstance(batch, dict):
+        inputs = {k: _to(v, device) for k, v in batch.items() if k != "target"}
+        return model(**inputs), _to(batch["target"], device)
+    inputs, target = batch
+    return model(_to(inputs, device)), _to(target, device)
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, loader: Iterable[Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    outputs, targets = [], []
+    for batch in loader:
+        output, target = forward(model, batch, device)
+        outputs.append(output.float().cpu())
+        targets.append(target.cpu())
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, loss_fn: Callable[..., torch.Tensor], loader: Iterable[Any],
+             metrics_fn: MetricFn | None = None, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Loss and metrics over a whole loader, computed once on all outputs (not averaged per batch)."""
+    outputs, targets = predict_outputs(model, loader, torch.device(device))
+    metrics = {"loss": loss_fn(outputs, targets).item()}
+    if metrics_fn is not None:
+        metrics.update(metrics_fn(outputs, targets))
+    return metrics
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    train_loader: Loader,
+    *,
+    config: TrainConfig,
+    valid_loader: Iterable[Any] | None = None,
+    metrics_fn: MetricFn | None = None,
+    checkpointer: Checkpointer | None = None,
+    checkpoint_every_steps: int | None = None,
+    checkpoint_every_epoch: bool = True,
+    trackers: Iterable[Tracker] = (),
+    progress: Progress | None = None,
+    resume: bool = False,
+) -> FitResult:
+    progress = progress or Progress(quiet=True)
+    trackers = list(trackers)
+    device = resolve_device(config.device)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(config.seed)
+    model.to(device)
+
+    accum = config.grad_accum_steps
+    batches_per_epoch = len(train_loader)
+    if batches_per_epoch == 0:
+        raise ConfigError(f"the training data gives no batch of {config.batch_size} rows (drop_last with too few rows?)")
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    state = TrainState(epochs=config.epochs)
+    optimizer = build_optimizer(config.optim, model.parameters())
+    scheduler = build_scheduler(config.optim, optimizer, steps_per_epoch * state.epochs)
+
+    if resume and checkpointer is not None:
+        restored = checkpointer.restore(model=model, optimizer=optimizer, scheduler=scheduler, loader=train_loader)
+        if restored is not None:
+            state = TrainState.from_dict(restored.extra["train_state"])
+            progress.message(f"resumed from {restored.name} (epoch {train_loader.epoch + 1}, "
+                             f"batch {train_loader.position} of {batches_per_epoch})")
+
+    monitor = config.monitor or "loss"
+    higher = monitor in HIGHER_IS_BETTER if config.monitor_mode is None else config.monitor_mode == "max"
+    restore_best = config.restore_best and valid_loader is not None
+    best_weights: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = []
+    last_saved = state.step if resume else -1
+
+    def log_event(event: dict[str, Any]) -> None:
+        history.append({"step": state.step, **event})
+        for tracker in trackers:
+            tracker.log(event, state.step)
+
+    def validate() -> None:
+        nonlocal best_weights
+        if valid_loader is None:
+            return
+        metrics = evaluate(model, loss_fn, valid_loader, metrics_fn, device)
+        model.train()
+        state.last_valid = metrics
+        log_event({"split": "valid", "epoch": train_loader.epoch, **metrics})
+        value = metrics.get(monitor)
+        if value is None:
+            raise ConfigError(f"monitor '{monitor}' is not a validation metric (have: {', '.join(metrics)})")
+        improved = state.best_value is None or (value > state.best_value if higher else value < state.best_value)
+        if improved:
+            state.best_value, state.best_step, state.bad_evaluations = value, state.step, 0
+            if restore_best:
+                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state.bad_evaluations += 1
+            if config.early_stopping_patience and state.bad_evaluations >= config.early_stopping_patience:
+                state.stopped_early = True
+
+    def save() -> None:
+        nonlocal last_saved
+        if checkpointer is None or last_saved == state.step:
+            return
+        checkpointer.save(
+            state.step, model=model, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
+            epoch=train_loader.epoch, metrics={f"valid_{k}": v for k, v in state.last_valid.items()},
+            extra={"train_state": state.to_dict()},
+        )
+        last_saved = state.step
+
+    model.train()
+    while train_loader.epoch < state.epochs and not state.stopped_early:
+        progress.start_epoch(train_loader.epoch, state.epochs, batches_per_epoch, done=train_loader.position)
+        started = time.perf_counter()
+        window_loss, window_batches, window_rows, window_start = torch.zeros((), device=device), 0, 0, started
+        for batch in train_loader:
+            position = train_loader.position  # 1-based index of this batch within the epoch
+            group_start = (position - 1) // accum * accum
+            group_size = min(accum, batches_per_epoch - group_start)
+            output, target = forward(model, batch, device)
+            loss = loss_fn(output, target)
+            (loss / group_size).backward()
+            window_loss += loss.detach()
+            window_batches += 1
+            window_rows += len(target)
+            progress.update(len(target))
+            if position - group_start < group_size:
+                continue
+            if config.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            state.step += 1
+            if state.step % config.log_every_steps == 0:
+                now = time.perf_counter()
+                mean_loss = (window_loss / window_batches).item()
+                log_event({"split": "train", "epoch": train_loader.epoch, "loss": mean_loss,
+                           "lr": optimizer.param_groups[0]["lr"], "rows_per_s": window_rows / (now - window_start)})
+                progress.update(0, loss=mean_loss)
+                window_loss.zero_()
+                window_batches, window_rows, window_start = 0, 0, now
+            if config.valid_every_steps and state.step % config.valid_every_steps == 0:
+                validate()
+                if state.stopped_early:
+                    break
+            if checkpoint_every_steps and state.step % checkpoint_every_steps == 0 and position < batches_per_epoch:
+                state.train_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                save()
+        state.train_seconds += time.perf_counter() - started
+        if window_batches:
+            progress.update(0, loss=(window_loss / window_batches).item())
+        if not (config.valid_every_steps and state.step % config.valid_every_steps == 0):
+            validate()
+        progress.end_epoch({f"valid_{k}": v for k, v in state.last_valid.items()} or None)
+        if checkpoint_every_epoch or state.stopped_early or train_loader.epoch >= state.epochs:
+            save()
+    if checkpointer is not None:
+        checkpointer.wait()
+    if restore_best and state.best_step is not None and state.best_step != state.step:
+        if best_weights is not None:
+            model.load_state_dict(best_weights)
+        elif checkpointer is not None:  # resumed after the best validation: its checkpoint is kept as best-k
+            try:
+                checkpointer.restore(model=model, step=state.best_step, restore_rng=False)
+            except CheckpointError as error:
+                log.warning("keeping the last weights: the best ones (step %s) are gone: %s", state.best_step, error)
+    return FitResult(state=state, valid=state.last_valid, history=history)

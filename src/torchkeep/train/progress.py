@@ -1,0 +1,79 @@
+"""Progress while training: a rich bar on a terminal, one line per epoch elsewhere, nothing when quiet."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+class Progress:
+    def __init__(self, *, quiet: bool = False, stream: TextIO | None = None, rich: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.use_rich = (self.stream.isatty() if rich is None else rich) and not quiet
+        self._bar: Any = None
+        self._task: Any = None
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
+        self._epoch, self._epochs = epoch, epochs
+        self._started, self._rows = time.perf_counter(), 0
+        self._last_loss = float("nan")
+        if self.use_rich:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+            from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} rows/s"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("loss {task.fields[loss]}  {task.fields[valid]}"),
+                console=None,
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(
+                "train", total=batches, completed=done, epoch=f"{epoch + 1}/{epochs}", rate="-", loss="-", valid=""
+            )
+
+    def update(self, rows: int, loss: float | None = None, valid: dict[str, float] | None = None) -> None:
+        self._rows += rows
+        if loss is not None:
+            self._last_loss = loss
+        if self._bar is not None:
+            elapsed = time.perf_counter() - self._started
+            fields: dict[str, Any] = {"rate": f"{self._rows / elapsed:,.0f}" if elapsed > 0 else "-"}
+            if loss is not None:
+                fields["loss"] = f"{loss:.4f}"
+            if valid:
+                fields["valid"] = _format(valid)
+            self._bar.update(self._task, advance=1 if rows else 0, **fields)
+
+    def end_epoch(self, valid: dict[str, float] | None = None) -> None:
+        elapsed = time.perf_counter() - self._started
+        if self._bar is not None:
+            if valid:
+                self._bar.update(self._task, valid=_format(valid))
+            self._bar.stop()
+            self._bar = None
+            return
+        if self.quiet:
+            return
+        rate = self._rows / elapsed if elapsed > 0 else 0.0
+        line = f"epoch {self._epoch + 1}/{self._epochs}  loss {self._last_loss:.4f}"
+        if valid:
+            line += "  " + _format(valid)
+        line += f"  {rate:,.0f} rows/s  {elapsed:.1f} s"
+        print(line, file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
