@@ -1,0 +1,63 @@
+"""The `torchkeep` command. Each subcommand lives in its own module with `add_parser` and `run`.
+
+This is the process edge: a TorchkeepError becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from torchkeep.cli import checkpoints, datasets, evaluate, predict, train
+from torchkeep.errors import TorchkeepError
+
+COMMANDS = (train, evaluate, predict, checkpoints, datasets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from torchkeep import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="torchkeep",
+        description="Train, keep and serve PyTorch models on tables. Start with `torchkeep train`: it trains"
+        " the built-in flights example and prints where the run went.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"torchkeep {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    logger = logging.getLogger("torchkeep")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        return args.run(args) or 0
+    except TorchkeepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last committed checkpoint is intact; continue with --resume", file=sys.stderr)
+        return 130
+    finally:
+        logger.removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from torchkeep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,29 @@
+"""`torchkeep evaluate RUN_DIR --data PATH`: metrics of a trained model on a labelled table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_parser(commands: Any) -> None:
+    p = commands.add_parser("evaluate", help="metrics of a run's model on a labelled table",
+                            description="Score a run (or bundle) on a table that has the target column.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a bundle")
+    p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet) with the target column")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torchkeep
+
+    predictor = torchkeep.load(args.run_dir)
+    metrics = predictor.evaluate(args.data)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for name, value in metrics.items():
+            print(f"{name:<10} {value:.6f}")
+    return 0

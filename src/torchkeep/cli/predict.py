@@ -1,0 +1,34 @@
+"""`torchkeep predict RUN_DIR --data PATH --out FILE`: predictions in original units / labels."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "predict", help="write predictions for a table",
+        description="Append `prediction` (original units or class label) and, for classification,"
+        " `probability_<label>` columns to the input rows and write them as CSV or Parquet (by extension)."
+        " Unseen categories and nulls are fine: they map to the null/unseen index.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a bundle")
+    p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet); the target may be absent")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .parquet")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    import torchkeep
+    from torchkeep.data.io import read_table, write_table
+
+    predictor = torchkeep.load(args.run_dir)
+    frame = read_table(args.data)
+    predictions = predictor.predict(frame, source=args.data)
+    clashing = [c for c in predictions.columns if c in frame.columns]
+    write_table(pl.concat([frame.drop(clashing), predictions], how="horizontal"), args.out)
+    print(f"wrote {predictions.height:,} predictions to {args.out}")
+    return 0

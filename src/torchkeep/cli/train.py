@@ -1,0 +1,114 @@
+"""`torchkeep train`: train a model on a table (or the built-in example), or resume a run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+EPILOG = """examples:
+  torchkeep train                                    # the built-in flights example
+  torchkeep train --data flights.csv --target late   # your own table
+  torchkeep train config.toml --epochs 5             # a TOML config, a flag overriding it
+  torchkeep train --resume runs/flights-20261125-1200 # continue exactly where a run stopped
+
+A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
+categorical, continuous, drop; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
+[train] epochs, batch_size, seed, deterministic, early_stopping_patience, monitor;
+[train.optim] optimizer, lr, weight_decay, schedule; [checkpoint] every_steps, keep_last, async.
+"""
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def add_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "train", help="train a model (default: the built-in flights example)",
+        description="Train an entity-embedding model on a CSV/Parquet table; every run keeps checkpoints,"
+        " metrics and a bundle for predict/serve in its run directory.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="settings file; flags override it")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", metavar="PATH", help="training table (.csv or .parquet); default: --example flights")
+    data.add_argument("--example", metavar="NAME", help="a built-in dataset (see `torchkeep datasets`)")
+    data.add_argument("--target", metavar="COL", help="column to predict")
+    data.add_argument("--task", choices=["binary", "multiclass", "regression"], help="default: inferred from the target")
+    data.add_argument("--valid", metavar="PATH", dest="valid_path", help="validation table (default: a random split)")
+    data.add_argument("--valid-fraction", type=float, metavar="F", help="share of rows held out for validation (default 0.1)")
+    data.add_argument("--categorical", action="append", metavar="COLS", help="force columns categorical (comma list)")
+    data.add_argument("--continuous", action="append", metavar="COLS", help="force columns continuous (comma list)")
+    data.add_argument("--drop", action="append", metavar="COLS", help="ignore columns (comma list)")
+    model = p.add_argument_group("model")
+    model.add_argument("--hidden-sizes", metavar="N,N", help="MLP widths (default 256,128)")
+    model.add_argument("--dropout", type=float, metavar="P")
+    training = p.add_argument_group("training")
+    training.add_argument("--epochs", type=int, metavar="N", help="default 3")
+    training.add_argument("--batch-size", type=int, metavar="N", help="default 1024")
+    training.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default 1e-2, one-cycle)")
+    training.add_argument("--optimizer", choices=["adamw", "adam", "sgd"])
+    training.add_argument("--schedule", choices=["onecycle", "constant", "cosine"])
+    training.add_argument("--weight-decay", type=float, metavar="X")
+    training.add_argument("--grad-accum-steps", type=int, metavar="N")
+    training.add_argument("--clip-grad-norm", type=float, metavar="X")
+    training.add_argument("--early-stopping-patience", type=int, metavar="N", help="validations without improvement")
+    training.add_argument("--monitor", metavar="METRIC", help="metric for early stopping and best weights (default per task)")
+    training.add_argument("--valid-every-steps", type=int, metavar="N")
+    training.add_argument("--seed", type=int, metavar="N")
+    training.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms only")
+    training.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:1, mps")
+    runs = p.add_argument_group("run directory and checkpoints")
+    runs.add_argument("--run-dir", metavar="DIR", help="default: runs/<data>-<time>")
+    runs.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
+                      help="continue a run from its newest valid checkpoint (RUN_DIR or --run-dir)")
+    runs.add_argument("--checkpoint-every-steps", type=int, metavar="N", dest="every_steps",
+                      help="also checkpoint every N optimizer steps (always at each epoch end)")
+    runs.add_argument("--keep-last", type=int, metavar="K", help="checkpoints kept (default 3, plus the best)")
+    runs.add_argument("--sync-checkpoints", action="store_const", const=False, dest="async_save",
+                      help="write checkpoints in the training thread")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(run=run)
+
+
+OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout", "epochs", "batch_size", "lr",
+             "optimizer", "schedule", "weight_decay", "grad_accum_steps", "clip_grad_norm", "early_stopping_patience",
+             "monitor", "valid_every_steps", "seed", "deterministic", "device", "run_dir", "every_steps", "keep_last",
+             "async_save")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torchkeep
+    from torchkeep.config import RunConfig, load_toml
+    from torchkeep.errors import ConfigError
+
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    overrides["path"] = overrides.pop("data", None)
+    for key in ("categorical", "continuous", "drop"):
+        if (names := _names(getattr(args, key))) is not None:
+            overrides[key] = names
+    if args.hidden_sizes:
+        try:
+            overrides["hidden_sizes"] = [int(v) for v in args.hidden_sizes.split(",")]
+        except ValueError:
+            raise ConfigError(f"--hidden-sizes must be integers separated by commas (got {args.hidden_sizes!r})") from None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.resume:
+        run_dir = args.resume if isinstance(args.resume, str) else overrides.pop("run_dir", None)
+        overrides.pop("run_dir", None)
+        if run_dir is None:
+            raise ConfigError("--resume needs the run directory: --resume RUN_DIR")
+        if overrides or args.config or args.target:
+            raise ConfigError("--resume continues a run with its saved config; pass no other settings")
+        result = torchkeep.train(resume=run_dir, quiet=args.quiet)
+    else:
+        config = load_toml(args.config) if args.config else RunConfig()
+        result = torchkeep.train(config=config, target=args.target, quiet=args.quiet, **overrides)
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.valid.items())
+    print(f"run: {result.run_dir}")
+    print(f"validation: {metrics}")
+    print(f"bundle: {result.bundle}")
+    print(f"next: torchkeep evaluate {result.run_dir} --data PATH | torchkeep predict {result.run_dir} --data PATH --out preds.csv")
+    return 0
