@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from torchkeep.config import RunConfig
 from torchkeep.data.builtin import get_example
 from torchkeep.data.io import as_frame, read_table
 from torchkeep.data.loader import BatchLoader
-from torchkeep.data.table import TableSchema
+from torchkeep.data.table import TableSchema, check_frame
 from torchkeep.errors import CheckpointError, ConfigError, DataError, StorageError
 from torchkeep.export.bundle import read_bundle, write_bundle
 from torchkeep.models.build import build_model, loss_for_task, tabular_model_args
@@ -84,6 +85,8 @@ def _load_data(config: RunConfig, data: Any) -> tuple[pl.DataFrame, str, RunConf
         example = get_example(config.data.example or "flights")
         data_config = dataclasses.replace(config.data, example=example.name, target=config.data.target or example.target)
         return read_table(example.path), example.name, dataclasses.replace(config, data=data_config)
+    if "://" not in path:
+        path = os.path.abspath(path)  # a resumed run finds its data from any working directory
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=path))
     return read_table(path), Path(path).stem, config
 
@@ -96,6 +99,14 @@ def _split(frame: pl.DataFrame, config: RunConfig) -> tuple[pl.DataFrame, pl.Dat
     order = np.random.default_rng(config.train.seed).permutation(frame.height)
     n_valid = max(1, round(frame.height * config.data.valid_fraction))
     return frame[order[n_valid:]], frame[order[:n_valid]]
+
+
+def _transform_splits(schema: TableSchema, train_frame: pl.DataFrame, valid_frame: pl.DataFrame,
+                      config: RunConfig, source: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    return (
+        schema.transform(train_frame, source=f"{source} (training split)"),
+        schema.transform(valid_frame, source=config.data.valid_path or f"{source} (validation split)"),
+    )
 
 
 def _fingerprint(frame: pl.DataFrame) -> dict[str, Any]:
@@ -146,6 +157,8 @@ def train(
         schema = TableSchema.from_dict(_read_json(storage, "schema.json", resume))
         model_args = _read_json(storage, "model.json", resume)["args"]
         run_dir = resume
+        train_frame, valid_frame = _split(frame, config)
+        train_tensors, valid_tensors = _transform_splits(schema, train_frame, valid_frame, config, config.data.path or name)
     else:
         config = config or RunConfig()
         if target is not None:
@@ -159,7 +172,8 @@ def train(
             raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with --resume {run_dir} or choose another --run-dir")
         config = dataclasses.replace(config, run_dir=run_dir)
         source = config.data.path or name
-        train_frame, _ = _split(frame, config)
+        check_frame(frame, config.data.target, source)
+        train_frame, valid_frame = _split(frame, config)
         schema = TableSchema.fit(
             train_frame, target=config.data.target, task=config.data.task, categorical=config.data.categorical,
             continuous=config.data.continuous, drop=config.data.drop, max_integer_levels=config.data.max_integer_levels,
@@ -170,6 +184,8 @@ def train(
                                            monitor_mode=config.train.monitor_mode or (mode if not config.train.monitor else None))
         config = dataclasses.replace(config, train=train_config)
         model_args = tabular_model_args(config.model, schema)
+        # Transformed before anything is written: bad data leaves no run directory behind.
+        train_tensors, valid_tensors = _transform_splits(schema, train_frame, valid_frame, config, source)
         storage = open_storage(run_dir)
         _write_json(storage, "config.json", config.to_dict())
         _write_json(storage, "schema.json", schema.to_dict())
@@ -177,10 +193,6 @@ def train(
         _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": _fingerprint(frame)})
 
     assert schema.target is not None
-    source = config.data.path or name
-    train_frame, valid_frame = _split(frame, config)
-    train_tensors = schema.transform(train_frame, source=f"{source} (training split)")
-    valid_tensors = schema.transform(valid_frame, source=config.data.valid_path or f"{source} (validation split)")
     train_loader = BatchLoader(train_tensors, config.train.batch_size, shuffle=True, seed=config.train.seed)
     valid_loader = BatchLoader(valid_tensors, EVAL_BATCH_ROWS, shuffle=False)
     seed_everything(config.train.seed)

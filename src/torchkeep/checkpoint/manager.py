@@ -228,15 +228,20 @@ class Checkpointer:
         else:
             candidates = [i for i in self.list() if i.status != "incomplete"]
             manifest = files = None
+            skipped: list[str] = []
             for info in reversed(candidates):
                 try:
                     manifest, files = format.read_checkpoint(self.storage, info.name)
                     name = info.name
                     break
                 except CheckpointError as error:
-                    log.warning("skipping checkpoint %s: %s", info.name, error)
+                    skipped.append(str(error))
             if files is None:
+                if skipped:  # committed checkpoints exist but none checks out: never start over silently
+                    raise CheckpointError(f"no valid checkpoint to restore: {'; '.join(skipped)}")
                 return None
+            for reason in skipped:
+                log.warning("skipped a damaged checkpoint, using %s instead: %s", name, reason)
         return self._load(name, manifest, files, model, optimizer, scheduler, loader, strict, rename or {}, restore_rng)
 
     def _load(self, name, manifest, files, model, optimizer, scheduler, loader, strict, rename, restore_rng):

@@ -106,6 +106,24 @@ def _check_finite(values: pl.Series, name: str, source: str) -> None:
         )
 
 
+def check_frame(frame: pl.DataFrame, target: str, source: str) -> None:
+    """Checks on the whole table before it is split, so that row numbers are the file's own."""
+    if frame.height == 0:
+        raise DataError(f"{source}: the table is empty")
+    if target not in frame.columns:
+        raise DataError(f"{source}: target column '{target}' not found; columns are: {', '.join(frame.columns)}")
+    column = frame.get_column(target)
+    if column.null_count():
+        first = int(column.is_null().arg_true()[0])
+        raise DataError(
+            f"{source}: target column '{target}' has {column.null_count()} null value(s) (first at row {first});"
+            " drop those rows or choose another target"
+        )
+    for name, dtype in frame.schema.items():
+        if dtype.is_float():
+            _check_finite(frame.get_column(name), name, source)
+
+
 class TableSchema:
     """Column encodings fitted on a training frame; saved as JSON inside runs and bundles."""
 
@@ -184,10 +202,9 @@ class TableSchema:
     def _fit_categorical(column: pl.Series, kind: str, source: str) -> CategoricalColumn:
         if kind == "float":
             kind = "string"  # a float column named categorical: its exact values are the levels
-        values = column.cast(_CASTS[kind]).drop_nulls()
-        counts = values.value_counts(sort=False)
-        counts = counts.sort(["count", column.name], descending=[True, False])
-        levels = counts.get_column(column.name).to_list()
+        values = column.cast(_CASTS[kind]).drop_nulls().alias("level")
+        counts = values.value_counts(sort=False, name="n").sort(["n", "level"], descending=[True, False])
+        levels = counts.get_column("level").to_list()
         if len(levels) == 1 and column.null_count() == 0:
             raise DataError(
                 f"{source}: column '{column.name}' has a single value ({levels[0]!r}) in every row,"

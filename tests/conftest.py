@@ -1,0 +1,69 @@
+"""Shared test material: a small flights-like table written as real files, and the `torchkeep` command.
+
+The table has every kind of column TableSchema must tell apart: strings (one with nulls), a
+boolean, a low-cardinality integer, a wide integer, floats (one with nulls) and a binary target
+that depends on the features, so that one epoch learns something.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+
+def flights_like(rows: int = 300, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    dep_delay = rng.normal(10, 30, rows)
+    temperature = rng.normal(15, 8, rows)
+    temperature_missing = rng.random(rows) < 0.1
+    gate = rng.choice(["A", "B", "C"], rows)
+    gate_missing = rng.random(rows) < 0.1
+    return pl.DataFrame(
+        {
+            "carrier": rng.choice(["AA", "DL", "UA", "WN"], rows),  # string
+            "gate": pl.Series([None if m else g for g, m in zip(gate, gate_missing)], dtype=pl.String),
+            "weekend": rng.random(rows) < 0.3,  # boolean
+            "hour": rng.integers(5, 23, rows),  # 18 levels: categorical
+            "distance": rng.integers(100, 5000, rows),  # thousands of levels: continuous
+            "dep_delay": dep_delay,  # float
+            "temperature": pl.Series(
+                [None if m else float(t) for t, m in zip(temperature, temperature_missing)], dtype=pl.Float64
+            ),
+            "late": (dep_delay + rng.normal(0, 10, rows)) > 15,  # binary target
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def make_table() -> Callable[..., pl.DataFrame]:
+    """`make_table(rows=300, seed=0)`: a fresh flights-like frame."""
+    return flights_like
+
+
+@pytest.fixture
+def flights_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "flights.csv"
+    flights_like().write_csv(path)
+    return path
+
+
+def run_torchkeep(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `torchkeep ARGS...` as a user would, in `cwd`; never raises on a non-zero exit."""
+    env = {**os.environ, "COLUMNS": "160"}  # rich tables: a fixed width, whatever terminal runs pytest
+    return subprocess.run(
+        [sys.executable, "-m", "torchkeep", *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.fixture(scope="session")
+def torchkeep() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`torchkeep("train", "--epochs", 1, cwd=tmp_path)` -> CompletedProcess (stdout, stderr, returncode)."""
+    return run_torchkeep
