@@ -139,7 +139,7 @@ class Checkpointer:
             else:
                 files[file_name] = json.dumps(content).encode()
         format.write_checkpoint(self.storage, name, files, meta)
-        self._apply_retention()
+        self._apply_retention(meta["step"])
 
     def wait(self) -> None:
         """Block until every save in flight is committed; raise its error if it failed."""
@@ -172,25 +172,25 @@ class Checkpointer:
 
     # -- retention ------------------------------------------------------------------------------
 
-    def _apply_retention(self) -> None:
+    def _apply_retention(self, committed: int) -> None:
+        """Keep the last k up to the checkpoint just committed, plus the best; drop the rest.
+
+        Checkpoints with a higher step than the one just committed belong to a history that was
+        abandoned (the run resumed from an older one, e.g. past a corrupt checkpoint): they go too,
+        so that a later resume can never pick them up.
+        """
         infos = format.list_checkpoints(self.storage)
-        complete = [i for i in infos if i.status == "complete"]
-        if not complete:
-            return
-        newest = complete[-1].step
-        keep = {newest}
-        if self.keep_last is None:
-            keep.update(i.step for i in complete)
-        else:
-            keep.update(i.step for i in complete[-self.keep_last :])
+        complete = [i for i in infos if i.status == "complete" and i.step <= committed]
+        keep = {committed}
+        keep.update(i.step for i in (complete if self.keep_last is None else complete[-self.keep_last :]))
         if self.keep_best is not None:
             metric, mode = self.keep_best
             scored = [i for i in complete if metric in i.metrics]
             scored.sort(key=lambda i: i.metrics[metric], reverse=(mode == "max"))
             keep.update(i.step for i in scored[: self.keep_best_count])
         for info in infos:
-            # Incomplete leftovers older than the newest commit come from a crash: remove them too.
-            if info.step not in keep and info.step < newest:
+            # Below `committed`: superseded, or incomplete leftovers of a crash. Above: abandoned.
+            if info.step not in keep:
                 self._delete(info.name)
 
     def _delete(self, name: str) -> None:

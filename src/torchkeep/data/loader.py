@@ -147,6 +147,7 @@ class DatasetLoader:
 
         workers = default_num_workers() if num_workers is None else num_workers
         self.batch_size = batch_size
+        self.seed = seed
         self.num_rows = len(dataset)  # type: ignore[arg-type]
         self.epoch = 0
         self.position = 0
@@ -167,6 +168,10 @@ class DatasetLoader:
         return len(self._loader)
 
     def __iter__(self) -> Iterator[Any]:
+        if self.position == 0:
+            # Each epoch's order from (seed, epoch) alone, as in BatchLoader: a run resumed at an
+            # epoch boundary then sees the same later epochs as an uninterrupted one.
+            self._loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))
         for batch in self._loader:
             self.position += 1
             yield batch
@@ -178,4 +183,5 @@ class DatasetLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._loader.load_state_dict(state["loader"])
+        if self.position > 0:  # mid-epoch: the sampler and workers pick up where they were
+            self._loader.load_state_dict(state["loader"])

@@ -19,9 +19,9 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes | memoryview) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -29,7 +29,10 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise StorageError(f"{path}: write failed: {error.strerror or error}") from error
 
 

@@ -184,6 +184,8 @@ def fit(
             state.best_value, state.best_step, state.bad_evaluations = value, state.step, 0
             if restore_best:
                 best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                # The best weights must outlive a restart: checkpoint them (best-k retention keeps them).
+                save()
         else:
             state.bad_evaluations += 1
             if config.early_stopping_patience and state.bad_evaluations >= config.early_stopping_patience:
