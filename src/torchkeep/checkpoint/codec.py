@@ -15,10 +15,10 @@ import torch
 from torchkeep.errors import CheckpointError
 
 
-def encode(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
-    """JSON-ready copy of `obj`; every tensor is copied (detached, on CPU) into `tensors`."""
+def encode(obj: Any, tensors: dict[str, torch.Tensor], path: str = "", copy: bool = True) -> Any:
+    """JSON-ready copy of `obj`; every tensor goes (detached, on CPU, copied if `copy`) into `tensors`."""
     if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().to("cpu", copy=True)
+        tensors[path] = obj.detach().to("cpu", copy=copy)
         return {"__tensor__": path}
     if isinstance(obj, np.ndarray):
         return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
@@ -28,17 +28,17 @@ def encode(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
         return obj
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
-            return {k: encode(v, tensors, f"{path}.{k}" if path else k) for k, v in obj.items()}
+            return {k: encode(v, tensors, f"{path}.{k}" if path else k, copy) for k, v in obj.items()}
         return {
             "__items__": [
-                [encode(k, tensors, f"{path}.k{i}"), encode(v, tensors, f"{path}.{k}")]
+                [encode(k, tensors, f"{path}.k{i}", copy), encode(v, tensors, f"{path}.{k}", copy)]
                 for i, (k, v) in enumerate(obj.items())
             ]
         }
     if isinstance(obj, tuple):
-        return {"__tuple__": [encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+        return {"__tuple__": [encode(v, tensors, f"{path}.{i}", copy) for i, v in enumerate(obj)]}
     if isinstance(obj, list):
-        return [encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+        return [encode(v, tensors, f"{path}.{i}", copy) for i, v in enumerate(obj)]
     raise CheckpointError(
         f"cannot store a {type(obj).__name__} at '{path}' in a checkpoint"
         " (only tensors, numbers, strings, lists, tuples and dicts are stored)"

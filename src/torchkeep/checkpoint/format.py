@@ -14,10 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
-
 from torchkeep.errors import CheckpointError, StorageError
 from torchkeep.storage import Storage
 
@@ -54,26 +50,30 @@ class CheckpointInfo:
     created_at: float | None = None
 
 
-def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    return safetensors_save({k: v.contiguous() for k, v in tensors.items()})
+Buffers = bytes | bytearray | memoryview | list[memoryview]
 
 
-def bytes_to_tensors(data: bytes, what: str) -> dict[str, torch.Tensor]:
-    try:
-        return safetensors_load(data)
-    except Exception as error:  # safetensors raises its own error types for malformed headers
-        raise CheckpointError(f"{what}: not a valid safetensors file ({error})") from error
+def _size_and_digest(data: Buffers) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in data if isinstance(data, list) else [data]:
+        digest.update(chunk)
+        size += memoryview(chunk).nbytes
+    return size, digest.hexdigest()
 
 
-def write_checkpoint(
-    storage: Storage, name: str, files: dict[str, bytes], meta: dict[str, Any]
-) -> None:
-    """Write every file, then the manifest (the commit point), then LATEST."""
+def write_checkpoint(storage: Storage, name: str, files: dict[str, Buffers], meta: dict[str, Any]) -> None:
+    """Write every file, then the manifest (the commit point), then LATEST.
+
+    A file may be given as a list of buffers (a streamed safetensors file): it is hashed and written
+    chunk by chunk, never joined into one copy.
+    """
     base = f"{PREFIX}/{name}"
     entries = {}
     for file_name, data in files.items():
+        size, digest = _size_and_digest(data)
         storage.write(f"{base}/{file_name}", data)
-        entries[file_name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        entries[file_name] = {"size": size, "sha256": digest}
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.time(),
@@ -101,7 +101,7 @@ def read_manifest(storage: Storage, name: str) -> dict[str, Any]:
     return manifest
 
 
-def read_checkpoint(storage: Storage, name: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+def read_checkpoint(storage: Storage, name: str) -> tuple[dict[str, Any], dict[str, bytearray]]:
     """The manifest and every file's bytes, each checked against the manifest's size and sha256."""
     manifest = read_manifest(storage, name)
     files = {}

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
-from torchkeep.checkpoint import codec, format
+from torchkeep.checkpoint import codec, format, tensors as tensor_files
 from torchkeep.checkpoint.format import CheckpointInfo
 from torchkeep.checkpoint.rng import rng_state, set_rng_state
 from torchkeep.errors import CheckpointError, ConfigError, TorchkeepError
@@ -101,7 +101,10 @@ class Checkpointer:
     ) -> None:
         """Snapshot now, write (in the background when async) as `checkpoints/step-{step:09d}`."""
         self._raise_pending()
-        files, meta = self._snapshot(step, model, optimizer, scheduler, loader, epoch, metrics, extra)
+        # Async saves copy every tensor now (the caller steps on at once); sync saves write straight
+        # from the live tensors, so they need no second copy of the state in memory.
+        files, meta = self._snapshot(step, model, optimizer, scheduler, loader, epoch, metrics, extra,
+                                     copy=self.async_save)
         name = format.checkpoint_name(step)
         if not self.async_save:
             self._commit(name, files, meta)
@@ -110,12 +113,10 @@ class Checkpointer:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchkeep-save")
         self._pending = self._executor.submit(self._commit, name, files, meta)
 
-    def _snapshot(self, step, model, optimizer, scheduler, loader, epoch, metrics, extra):
+    def _snapshot(self, step, model, optimizer, scheduler, loader, epoch, metrics, extra, copy):
         files: dict[str, Any] = {}
         if model is not None:
-            files[MODEL_FILE] = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-            }
+            files[MODEL_FILE] = {k: v.detach().to("cpu", copy=copy) for k, v in model.state_dict().items()}
         parts = {
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -125,7 +126,7 @@ class Checkpointer:
         }
         tensors: dict[str, torch.Tensor] = {}
         state = {"step": step, "epoch": epoch, "metrics": metrics or {}}
-        state.update({k: codec.encode(v, tensors, k) for k, v in parts.items()})
+        state.update({k: codec.encode(v, tensors, k, copy=copy) for k, v in parts.items()})
         files[STATE_TENSORS_FILE] = tensors
         files[STATE_FILE] = state
         meta = {"step": step, "epoch": epoch, "metrics": metrics or {}}
@@ -135,7 +136,7 @@ class Checkpointer:
         files = {}
         for file_name, content in snapshot.items():
             if file_name.endswith(".safetensors"):
-                files[file_name] = format.tensors_to_bytes(content)
+                files[file_name] = tensor_files.encode(content)
             else:
                 files[file_name] = json.dumps(content).encode()
         format.write_checkpoint(self.storage, name, files, meta)
@@ -250,13 +251,14 @@ class Checkpointer:
             state = json.loads(files[STATE_FILE])
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"{where}: missing or unreadable {STATE_FILE}") from error
-        tensors = format.bytes_to_tensors(files.get(STATE_TENSORS_FILE, b""), f"{where}/{STATE_TENSORS_FILE}") if STATE_TENSORS_FILE in files else {}
+        tensors = (tensor_files.decode(files[STATE_TENSORS_FILE], f"{where}/{STATE_TENSORS_FILE}")
+                   if STATE_TENSORS_FILE in files else {})
         parts = {k: codec.decode(state.get(k), tensors) for k in ("optimizer", "scheduler", "loader", "rng", "extra")}
         restored = Restored(step=int(state["step"]), name=name, epoch=state.get("epoch"), metrics=state.get("metrics", {}), extra=parts["extra"] or {})
         if model is not None:
             if MODEL_FILE not in files:
                 raise CheckpointError(f"{where}: holds no model weights")
-            weights = format.bytes_to_tensors(files[MODEL_FILE], f"{where}/{MODEL_FILE}")
+            weights = tensor_files.decode(files[MODEL_FILE], f"{where}/{MODEL_FILE}")
             weights = {_rename(k, rename): v for k, v in weights.items()}
             expected = model.state_dict()
             restored.missing_keys = sorted(set(expected) - set(weights))

@@ -37,10 +37,12 @@ def encode(tensors: dict[str, torch.Tensor]) -> list[memoryview]:
     header: dict[str, object] = {}
     buffers = []
     offset = 0
-    for name in sorted(tensors):
-        tensor = tensors[name]
+    for name, tensor in tensors.items():
         if tensor.dtype not in DTYPES:
             raise CheckpointError(f"tensor '{name}' has dtype {tensor.dtype}, which safetensors cannot store")
+    # Widest dtypes first (as safetensors does), so that every tensor starts aligned to its element size.
+    for name in sorted(tensors, key=lambda n: (-tensors[n].element_size(), n)):
+        tensor = tensors[name]
         data = tensor_bytes(tensor.cpu())
         header[name] = {"dtype": DTYPES[tensor.dtype], "shape": list(tensor.shape),
                         "data_offsets": [offset, offset + data.nbytes]}
@@ -83,7 +85,7 @@ def decode(buffer: bytes | bytearray | memoryview, what: str) -> dict[str, torch
                 tensors[name] = torch.empty(shape, dtype=dtype)
                 continue
             raw = view[base + start : base + end]
-            if raw.readonly:
+            if raw.readonly or (base + start) % itemsize:  # read-only or misaligned: copy this one
                 raw = memoryview(bytearray(raw))
             tensors[name] = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
         return tensors

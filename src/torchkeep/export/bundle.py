@@ -19,7 +19,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from torchkeep.checkpoint.format import bytes_to_tensors, tensors_to_bytes
+from torchkeep.checkpoint import tensors as tensor_files
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import CheckpointError, StorageError
 from torchkeep.models.build import build_model
@@ -52,7 +52,7 @@ def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model
         "versions": versions(),
     }
     files = {
-        WEIGHTS_FILE: tensors_to_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+        WEIGHTS_FILE: tensor_files.to_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()}),
         BUNDLE_FILE: json.dumps(meta, indent=1).encode(),
     }
     storage.delete(f"{base}{MANIFEST}")  # an overwritten bundle is invalid until its new manifest lands
@@ -82,6 +82,6 @@ def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, TableSch
         raise CheckpointError(f"{where}: bundle_version {meta.get('bundle_version')!r}, expected {BUNDLE_VERSION}")
     schema = TableSchema.from_dict(meta["preprocessor"]["schema"])
     model = build_model(meta["architecture"], meta["model_args"])
-    model.load_state_dict(bytes_to_tensors(files[WEIGHTS_FILE], f"{where}/{WEIGHTS_FILE}"))
+    model.load_state_dict(tensor_files.decode(files[WEIGHTS_FILE], f"{where}/{WEIGHTS_FILE}"))
     model.eval()
     return model, schema, meta

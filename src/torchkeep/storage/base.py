@@ -12,9 +12,10 @@ class Storage(Protocol):
 
     uri: str
 
-    def read(self, key: str) -> bytes: ...
+    def read(self, key: str) -> bytearray: ...
 
-    def write(self, key: str, data: bytes) -> None: ...
+    def write(self, key: str, data: bytes | bytearray | memoryview | list[memoryview]) -> None:
+        """Atomic: readers see the whole object or nothing. A list of buffers is written in order."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -26,9 +27,9 @@ class Storage(Protocol):
 def open_storage(uri: str) -> Storage:
     """Storage rooted at `uri`: a local path, `file://path`, or (with the s3 extra) `s3://bucket/prefix`."""
     if uri.startswith("s3://"):
-        raise StorageError(
-            f"{uri}: s3:// storage is not available in this version of torchkeep; use a local path"
-        )
+        from torchkeep.storage.s3 import S3Storage
+
+        return S3Storage(uri)
     if "://" in uri and not uri.startswith("file://"):
         scheme = uri.split("://", 1)[0]
         raise StorageError(f"{uri}: unsupported scheme '{scheme}://' (expected a local path or file://)")

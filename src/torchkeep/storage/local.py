@@ -17,13 +17,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | memoryview) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one, never a mix."""
+def atomic_write(path: Path, data: bytes | bytearray | memoryview | list[memoryview]) -> None:
+    """Write `data` (or a list of buffers, in order) to `path`: a crash leaves the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            for chunk in data if isinstance(data, list) else [data]:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -44,16 +45,20 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / key if key else self.root
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str) -> bytearray:
+        """The whole file in one writable buffer (tensors decoded from it view it without a copy)."""
         path = self._path(key)
         try:
-            return path.read_bytes()
+            with open(path, "rb") as handle:
+                buffer = bytearray(os.fstat(handle.fileno()).st_size)
+                handle.readinto(buffer)
+                return buffer
         except FileNotFoundError:
             raise StorageError(f"{path}: no such file") from None
         except OSError as error:
             raise StorageError(f"{path}: cannot read: {error.strerror or error}") from error
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes | bytearray | memoryview | list[memoryview]) -> None:
         atomic_write(self._path(key), data)
 
     def exists(self, key: str) -> bool:
