@@ -67,3 +67,56 @@ def run_torchkeep(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
 def torchkeep() -> Callable[..., subprocess.CompletedProcess[str]]:
     """`torchkeep("train", "--epochs", 1, cwd=tmp_path)` -> CompletedProcess (stdout, stderr, returncode)."""
     return run_torchkeep
+
+
+class S3Endpoint:
+    """A real S3 endpoint on 127.0.0.1: moto's standalone server, spoken to over HTTP by boto3."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.env = {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        self._count = 0
+
+    def client(self, endpoint_url: str | None = None, max_attempts: int = 3):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url or self.url, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+            config=Config(retries={"mode": "standard", "max_attempts": max_attempts}, connect_timeout=5, read_timeout=20),
+        )
+
+    def new_bucket(self) -> str:
+        """A fresh, empty bucket: tests never see each other's objects."""
+        self._count += 1
+        name = f"torchkeep-test-{os.getpid()}-{self._count}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3() -> S3Endpoint:
+    """Starts moto's server on a free loopback port for the session; env points boto3 at it."""
+    pytest.importorskip("moto.server")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = S3Endpoint(f"http://{host}:{port}")
+    saved = {k: os.environ.get(k) for k in endpoint.env}
+    os.environ.update(endpoint.env)
+    yield endpoint
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()

@@ -168,7 +168,7 @@ def train(
         if config.data.target is None:
             raise ConfigError("no target column: pass --target COLUMN (or target= in Python, [data] target in TOML)")
         run_dir = config.run_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if Path(run_dir).exists() and any(Path(run_dir).iterdir()):
+        if open_storage(run_dir).list():
             raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with --resume {run_dir} or choose another --run-dir")
         config = dataclasses.replace(config, run_dir=run_dir)
         source = config.data.path or name
@@ -202,7 +202,7 @@ def train(
     checkpointer = Checkpointer(run_dir, keep_last=config.checkpoint.keep_last,
                                 keep_best=keep_best if config.checkpoint.keep_best else None,
                                 async_save=config.checkpoint.async_save)
-    tracker = JsonlTracker(str(Path(run_dir) / "metrics.jsonl"))
+    tracker = JsonlTracker(storage, "metrics.jsonl")
     progress.message(f"training {task} model on {train_frame.height:,} rows ({valid_frame.height:,} for validation)"
                      f" -> {run_dir}")
     status = "failed"
@@ -229,7 +229,7 @@ def train(
         if status == "complete":
             run["valid"] = valid
         _write_json(storage, "run.json", run)
-    return RunResult(run_dir=run_dir, valid=valid, state=result.state, bundle=str(Path(run_dir) / "bundle"))
+    return RunResult(run_dir=run_dir, valid=valid, state=result.state, bundle=f"{run_dir.rstrip('/')}/bundle")
 
 
 def evaluate_tensors(model: torch.nn.Module, schema: TableSchema, tensors: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -284,7 +284,7 @@ def load(path: str) -> Predictor:
         log.warning("%s has no bundle (training did not finish); using checkpoint %s", path, restored.name)
         meta = {"architecture": spec["architecture"], "checkpoint": restored.name}
     else:
-        if not Path(path).exists():
+        if "://" not in path and not Path(path).exists():
             raise DataError(f"{path}: no such run or bundle")
         raise CheckpointError(f"{path}: not a torchkeep run or bundle (no bundle.json or config.json)")
     return Predictor(model.to(resolve_device("cpu")), schema, meta, path)

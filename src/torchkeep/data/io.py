@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from torchkeep.errors import DataError
+from torchkeep.errors import DataError, StorageError
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -31,13 +32,22 @@ def read_table(path: str) -> pl.DataFrame:
     kind = READERS.get(suffix)
     if kind is None:
         raise DataError(f"{path}: unsupported file type '{suffix or '(none)'}' (expected .csv or .parquet)")
-    if not Path(path).is_file():
+    source: Any = path
+    if path.startswith("s3://"):
+        from torchkeep.storage.s3 import S3Storage
+
+        parent, _, name = path.rpartition("/")
+        try:
+            source = io.BytesIO(S3Storage(parent).read(name))
+        except StorageError as error:
+            raise DataError(str(error)) from None
+    elif not Path(path).is_file():
         raise DataError(f"{path}: no such file")
     try:
         if kind == "csv":
-            frame = pl.read_csv(path, infer_schema_length=10_000, null_values=["", "NA", "NaN", "null"])
+            frame = pl.read_csv(source, infer_schema_length=10_000, null_values=["", "NA", "NaN", "null"])
         else:
-            frame = pl.read_parquet(path)
+            frame = pl.read_parquet(source)
     except (pl.exceptions.PolarsError, OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"{path}: cannot read as {kind}: {first}") from error

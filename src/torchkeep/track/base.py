@@ -8,6 +8,10 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from torchkeep.errors import TorchkeepError
+from torchkeep.storage import Storage
+from torchkeep.storage.local import LocalStorage
+
 log = logging.getLogger("torchkeep")
 
 
@@ -18,27 +22,51 @@ class Tracker(Protocol):
 
 
 class JsonlTracker:
-    """One JSON object per event: {"step", "time", ...metrics}. A failing disk is reported once, never fatal."""
+    """One JSON object per event: {"step", "time", ...metrics} in `metrics.jsonl` of a run.
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
+    On local disk lines are appended as they come; on an object store (no append) the whole file is
+    rewritten at most every `flush_every_s` and at close. A failing store is reported once, never fatal.
+    """
+
+    def __init__(self, storage: Storage, key: str = "metrics.jsonl", flush_every_s: float = 10.0) -> None:
+        self.storage, self.key, self.flush_every_s = storage, key, flush_every_s
+        self._local = Path(storage.uri) / key if isinstance(storage, LocalStorage) else None
         self._handle: Any = None
+        self._lines: list[str] = []
+        self._flushed_at = time.monotonic()
         self._failed = False
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self._failed:
             return
+        line = json.dumps({"step": step, "time": time.time(), **metrics}) + "\n"
         try:
-            if self._handle is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self.path, "a", encoding="utf-8")
-            self._handle.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-            self._handle.flush()
-        except OSError as error:
+            if self._local is not None:
+                if self._handle is None:
+                    self._local.parent.mkdir(parents=True, exist_ok=True)
+                    self._handle = open(self._local, "a", encoding="utf-8")
+                self._handle.write(line)
+                self._handle.flush()
+            else:
+                if not self._lines and self.storage.exists(self.key):  # a resumed run: keep its history
+                    self._lines.append(bytes(self.storage.read(self.key)).decode())
+                self._lines.append(line)
+                if time.monotonic() - self._flushed_at > self.flush_every_s:
+                    self._flush()
+        except (OSError, TorchkeepError) as error:
             self._failed = True
-            log.warning("metrics log %s failed (%s); training goes on without it", self.path, error)
+            log.warning("metrics log %s/%s failed (%s); training goes on without it", self.storage.uri, self.key, error)
+
+    def _flush(self) -> None:
+        self.storage.write(self.key, "".join(self._lines).encode())
+        self._flushed_at = time.monotonic()
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        if self._lines and not self._failed:
+            try:
+                self._flush()
+            except TorchkeepError as error:
+                log.warning("metrics log %s/%s failed (%s)", self.storage.uri, self.key, error)
