@@ -134,6 +134,7 @@ def train(
     resume: str | None = None,
     quiet: bool = False,
     progress: Progress | None = None,
+    stop_at_step: int | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train a run from a path, a frame or the built-in example; or continue one (`resume=RUN_DIR`).
@@ -212,8 +213,11 @@ def train(
             model, loss_for_task(task), train_loader, config=config.train, valid_loader=valid_loader,
             metrics_fn=metrics_for_task(task, schema.target.std), checkpointer=checkpointer,
             checkpoint_every_steps=config.checkpoint.every_steps, checkpoint_every_epoch=config.checkpoint.every_epoch,
-            trackers=[tracker], progress=progress, resume=resume is not None,
+            trackers=[tracker], progress=progress, resume=resume is not None, stop_at_step=stop_at_step,
         )
+        if stop_at_step is not None and result.state.step == stop_at_step:
+            status = "stopped"
+            return RunResult(run_dir=run_dir, valid=result.valid, state=result.state, bundle="")
         valid = (evaluate_tensors(model, schema, valid_tensors) if config.train.restore_best else result.valid)
         write_bundle(storage, model=model.cpu(), architecture=ARCHITECTURE, model_args=model_args,
                      schema=schema, metrics={f"valid_{k}": v for k, v in valid.items()}, prefix="bundle")
@@ -288,3 +292,59 @@ def load(path: str) -> Predictor:
             raise DataError(f"{path}: no such run or bundle")
         raise CheckpointError(f"{path}: not a torchkeep run or bundle (no bundle.json or config.json)")
     return Predictor(model.to(resolve_device("cpu")), schema, meta, path)
+
+
+def verify_resume(run_dir: str, from_step: int | None = None, scratch: str | None = None) -> dict[str, Any]:
+    """Self-test of exact resume: restore checkpoint A of a run in a scratch copy, replay training to
+    the next checkpoint B, and compare model and optimizer tensors with B's bit for bit."""
+    import tempfile
+
+    from torchkeep.checkpoint import format as checkpoint_format
+    from torchkeep.checkpoint import tensors as tensor_files
+    from torchkeep.checkpoint.manager import MODEL_FILE, STATE_TENSORS_FILE
+
+    storage = open_storage(run_dir)
+    _read_json(storage, "config.json", run_dir)
+    steps = [i.step for i in checkpoint_format.list_checkpoints(storage) if i.status == "complete"]
+    if from_step is None and len(steps) >= 2:
+        from_step = steps[-2]
+    if from_step not in steps or steps.index(from_step) == len(steps) - 1:
+        raise CheckpointError(f"{run_dir}: needs a complete checkpoint and a later one to compare with"
+                              f" (complete: {steps or 'none'}; asked to start from {from_step})")
+    to_step = steps[steps.index(from_step) + 1]
+    own_scratch = scratch is None
+    scratch = scratch or tempfile.mkdtemp(prefix="torchkeep-verify-")
+    try:
+        return _replay_and_compare(storage, run_dir, open_storage(scratch), scratch, from_step, to_step)
+    finally:
+        if own_scratch:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _replay_and_compare(storage: Any, run_dir: str, copy: Any, scratch: str, from_step: int, to_step: int) -> dict[str, Any]:
+    from torchkeep.checkpoint import format as checkpoint_format
+    from torchkeep.checkpoint import tensors as tensor_files
+    from torchkeep.checkpoint.manager import MODEL_FILE, STATE_TENSORS_FILE
+
+    for key in ("config.json", "schema.json", "model.json", "run.json"):
+        copy.write(key, storage.read(key))
+    start = f"{checkpoint_format.PREFIX}/{checkpoint_format.checkpoint_name(from_step)}"
+    for key in storage.list(start):
+        copy.write(key, storage.read(key))
+    train(resume=scratch, quiet=True, stop_at_step=to_step)
+    original = checkpoint_format.read_checkpoint(storage, checkpoint_format.checkpoint_name(to_step))[1]
+    replayed = checkpoint_format.read_checkpoint(copy, checkpoint_format.checkpoint_name(to_step))[1]
+    report: dict[str, Any] = {"run": run_dir, "from_step": from_step, "to_step": to_step, "mismatched": []}
+    compared = 0
+    for file_name, keep in ((MODEL_FILE, lambda k: True), (STATE_TENSORS_FILE, lambda k: k.startswith("optimizer"))):
+        a = tensor_files.decode(original[file_name], file_name)
+        b = tensor_files.decode(replayed[file_name], file_name)
+        for key in sorted(k for k in set(a) | set(b) if keep(k)):
+            compared += 1
+            if key not in a or key not in b or a[key].dtype != b[key].dtype or not torch.equal(a[key], b[key]):
+                report["mismatched"].append(f"{file_name}:{key}")
+    report["tensors_compared"] = compared
+    report["identical"] = not report["mismatched"]
+    return report

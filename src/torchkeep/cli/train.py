@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = load_toml(args.config) if args.config else RunConfig()
         result = torchkeep.train(config=config, target=args.target, quiet=args.quiet, **overrides)
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.valid.items())
+    from torchkeep.train.metrics import for_display
+
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in for_display(result.valid).items())
     print(f"run: {result.run_dir}")
     print(f"validation: {metrics}")
     print(f"bundle: {result.bundle}")

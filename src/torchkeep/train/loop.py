@@ -131,7 +131,13 @@ def fit(
     trackers: Iterable[Tracker] = (),
     progress: Progress | None = None,
     resume: bool = False,
+    stop_at_step: int | None = None,
 ) -> FitResult:
+    """Train `model`; see the module docstring for the batch conventions.
+
+    `resume` restores the newest valid checkpoint of `checkpointer` first. `stop_at_step` ends the
+    run right after that optimizer step with a checkpoint (used to replay and verify a resume).
+    """
     progress = progress or Progress(quiet=True)
     trackers = list(trackers)
     device = resolve_device(config.device)
@@ -227,6 +233,11 @@ def fit(
             if scheduler is not None:
                 scheduler.step()
             state.step += 1
+            if state.step == stop_at_step:
+                save()
+                if checkpointer is not None:
+                    checkpointer.wait()
+                return FitResult(state=state, valid=state.last_valid, history=history)
             if state.step % config.log_every_steps == 0:
                 now = time.perf_counter()
                 mean_loss = (window_loss / window_batches).item()

@@ -63,3 +63,8 @@ def metrics_for_task(task: str, target_scale: float = 1.0) -> MetricFn:
     if task == "multiclass":
         return multiclass_metrics
     return lambda predictions, targets: regression_metrics(predictions, targets, target_scale)
+
+
+def for_display(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics to print: `loss` is left out where it is the same number as `log_loss`."""
+    return {k: v for k, v in metrics.items() if not (k.endswith("loss") and k.replace("loss", "log_loss") in metrics)}

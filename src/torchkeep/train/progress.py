@@ -8,7 +8,9 @@ from typing import Any, TextIO
 
 
 def _format(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    from torchkeep.train.metrics import for_display
+
+    return "  ".join(f"{k} {v:.4f}" for k, v in for_display(metrics).items())
 
 
 class Progress:
