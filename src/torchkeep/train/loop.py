@@ -188,6 +188,7 @@ def fit(
         improved = state.best_value is None or (value > state.best_value if higher else value < state.best_value)
         if improved:
             state.best_value, state.best_step, state.bad_evaluations = value, state.step, 0
+            state.best_valid = metrics
             if restore_best:
                 best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 # The best weights must outlive a restart: checkpoint them (best-k retention keeps them).
@@ -264,12 +265,14 @@ def fit(
             save()
     if checkpointer is not None:
         checkpointer.wait()
-    if restore_best and state.best_step is not None and state.best_step != state.step:
-        if best_weights is not None:
-            model.load_state_dict(best_weights)
-        elif checkpointer is not None:  # resumed after the best validation: its checkpoint is kept as best-k
-            try:
-                checkpointer.restore(model=model, step=state.best_step, restore_rng=False)
-            except CheckpointError as error:
-                log.warning("keeping the last weights: the best ones (step %s) are gone: %s", state.best_step, error)
-    return FitResult(state=state, valid=state.last_valid, history=history)
+    if not (restore_best and state.best_step is not None and state.best_step != state.step):
+        return FitResult(state=state, valid=state.last_valid, history=history)
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    else:  # resumed after the best validation: its checkpoint is kept as best-k
+        try:
+            checkpointer.restore(model=model, step=state.best_step, restore_rng=False)  # type: ignore[union-attr]
+        except (CheckpointError, AttributeError) as error:
+            log.warning("keeping the last weights: the best ones (step %s) are gone: %s", state.best_step, error)
+            return FitResult(state=state, valid=state.last_valid, history=history)
+    return FitResult(state=state, valid=state.best_valid, history=history)

@@ -20,6 +20,7 @@ class TrainState:
     stopped_early: bool = False
     train_seconds: float = 0.0
     last_valid: dict[str, float] = field(default_factory=dict)
+    best_valid: dict[str, float] = field(default_factory=dict)  # validation metrics at best_step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
