@@ -172,8 +172,11 @@ def test_resume_with_data_of_another_size_is_refused() -> None:
         BatchLoader(table(91), batch_size=10).load_state_dict(state)
 
 
-def test_large_table_crosses_gather_chunks_and_resumes_across_them() -> None:
-    """More rows than one gather chunk (2**17): every row once, and a resume inside the second chunk."""
+def test_large_table_crosses_gather_chunks_and_resumes_across_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More rows than one gather chunk: every row once, and a resume inside the second chunk."""
+    from torchkeep.data import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "CHUNK_BYTES", 8 * 131_072)  # int64 ids: 131,072 rows a chunk
     rows, batch_size = 300_001, 1_000
     ids = {"id": torch.arange(rows)}
     loader = BatchLoader(ids, batch_size=batch_size, seed=2)

@@ -60,6 +60,7 @@ def add_parser(commands: Any) -> None:
     training.add_argument("--seed", type=int, metavar="N")
     training.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms only")
     training.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:1, mps")
+    training.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: one per core)")
     runs = p.add_argument_group("run directory and checkpoints")
     runs.add_argument("--run-dir", metavar="DIR", help="default: runs/<data>-<time>")
     runs.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
@@ -75,7 +76,7 @@ def add_parser(commands: Any) -> None:
 
 OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout", "epochs", "batch_size", "lr",
              "optimizer", "schedule", "weight_decay", "grad_accum_steps", "clip_grad_norm", "early_stopping_patience",
-             "monitor", "valid_every_steps", "seed", "deterministic", "device", "run_dir", "every_steps", "keep_last",
+             "monitor", "valid_every_steps", "seed", "deterministic", "device", "threads", "run_dir", "every_steps", "keep_last",
              "async_save")
 
 

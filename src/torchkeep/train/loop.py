@@ -43,6 +43,9 @@ class TrainConfig:
     deterministic: bool = False
     log_every_steps: int = 50
     device: str = "auto"
+    # CPU threads for torch (None: torch's default, one per core). On a machine shared with other
+    # busy processes, fewer threads than cores avoid stalls where threads wait on each other.
+    threads: int | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
@@ -50,7 +53,7 @@ class TrainConfig:
             self.optim = OptimConfig(**self.optim)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
                     "log_every_steps": self.log_every_steps}
-        optional = {"valid_every_steps": self.valid_every_steps,
+        optional = {"valid_every_steps": self.valid_every_steps, "threads": self.threads,
                     "early_stopping_patience": self.early_stopping_patience}
         for name, value in {**positive, **{k: v for k, v in optional.items() if v is not None}}.items():
             if not isinstance(value, int) or value < 1:
@@ -143,6 +146,8 @@ def fit(
     device = resolve_device(config.device)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     model.to(device)
 
