@@ -258,7 +258,11 @@ class Predictor:
     def predict(self, data: Any, *, source: str = "data") -> pl.DataFrame:
         """A frame with `prediction` (labels / original units) and, for classification, probabilities."""
         frame = read_table(data) if isinstance(data, str) else as_frame(data)
-        tensors = self.schema.transform(frame, with_target=False, source=source if not isinstance(data, str) else data)
+        return self.predict_frame(frame, source=data if isinstance(data, str) else source)
+
+    def predict_frame(self, frame: pl.DataFrame, *, source: str = "data") -> pl.DataFrame:
+        """The one prediction path: `predict`, the CLI and the HTTP server all come through here."""
+        tensors = self.schema.transform(frame, with_target=False, source=source)
         outputs = []
         with torch.no_grad():
             for start in range(0, frame.height, EVAL_BATCH_ROWS):

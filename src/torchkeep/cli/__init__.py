@@ -9,10 +9,10 @@ import argparse
 import logging
 import sys
 
-from torchkeep.cli import checkpoints, datasets, evaluate, predict, train
+from torchkeep.cli import checkpoints, datasets, evaluate, predict, serve, train
 from torchkeep.errors import TorchkeepError
 
-COMMANDS = (train, evaluate, predict, checkpoints, datasets)
+COMMANDS = (train, evaluate, predict, serve, checkpoints, datasets)
 
 
 def build_parser() -> argparse.ArgumentParser:

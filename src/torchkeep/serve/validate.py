@@ -1,0 +1,97 @@
+"""Validation of raw JSON rows against a TableSchema, one request at a time.
+
+Every problem is a RequestError naming the field (`rows[3].dep_delay`) and what was expected, so
+that one bad request gets its own 422 and never enters a batch with good ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+
+from torchkeep.data.table import TableSchema
+
+
+class RequestError(Exception):
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.status = field, message, status
+
+
+# JSON types accepted per raw kind; bool is checked first because bool is an int in Python.
+def _check(kind: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if kind == "string":
+        return None if isinstance(value, str) else "expected a string or null"
+    if kind == "boolean":
+        return None if isinstance(value, bool) else "expected true, false or null"
+    if isinstance(value, bool):
+        return "expected a number or null, got a boolean"
+    if kind == "integer":
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return None
+        return "expected an integer or null"
+    if isinstance(value, (int, float)):
+        return None if math.isfinite(value) else "expected a finite number (NaN and infinity are not allowed)"
+    return "expected a number or null"
+
+
+class RowValidator:
+    def __init__(self, schema: TableSchema, *, max_rows: int, strict: bool = False) -> None:
+        self.columns: list[tuple[str, str]] = [(c.name, c.kind) for c in schema.categorical]
+        self.columns += [(c.name, "float") for c in schema.continuous]
+        self.known = {name for name, _ in self.columns}
+        if schema.target is not None:
+            self.known.add(schema.target.name)  # a labelled row may carry its label: ignored
+        self.max_rows, self.strict = max_rows, strict
+        self.dtypes = {name: {"string": pl.String, "integer": pl.Int64, "boolean": pl.Boolean, "float": pl.Float64}[kind]
+                       for name, kind in self.columns}
+
+    def rows(self, body: Any) -> list[dict[str, Any]]:
+        """The rows of a request body: {"rows": [...]} or one row object."""
+        if not isinstance(body, dict):
+            raise RequestError("body", "expected a JSON object: {\"rows\": [{...}, ...]} or one row {...}")
+        rows = body["rows"] if "rows" in body else [body]
+        if not isinstance(rows, list):
+            raise RequestError("rows", "expected a list of row objects")
+        if not rows:
+            raise RequestError("rows", "expected at least one row")
+        if len(rows) > self.max_rows:
+            raise RequestError("rows", f"{len(rows)} rows; at most {self.max_rows} per request", status=413)
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise RequestError(f"rows[{index}]", "expected an object of column values")
+            for name, kind in self.columns:
+                if name not in row:
+                    raise RequestError(f"rows[{index}].{name}", "missing (send null for an unknown value)")
+                problem = _check(kind, row[name])
+                if problem:
+                    raise RequestError(f"rows[{index}].{name}", f"{problem} (got {row[name]!r:.40})")
+            if self.strict:
+                extra = [k for k in row if k not in self.known]
+                if extra:
+                    raise RequestError(f"rows[{index}].{extra[0]}", "unknown field (strict mode)")
+        return rows
+
+    def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
+        """Validated rows as a frame with the dtypes the schema expects."""
+        return pl.DataFrame({name: pl.Series(name, [row[name] for row in rows], dtype=dtype, strict=False)
+                             for name, dtype in self.dtypes.items()})
+
+    def json_schema(self) -> dict[str, Any]:
+        """The request body's JSON schema, for /openapi.json and clients."""
+        types = {"string": "string", "boolean": "boolean", "integer": "integer", "float": "number"}
+        row = {
+            "type": "object",
+            "properties": {name: {"type": [types[kind], "null"]} for name, kind in self.columns},
+            "required": [name for name, _ in self.columns],
+            "additionalProperties": not self.strict,
+        }
+        return {
+            "type": "object",
+            "properties": {"rows": {"type": "array", "items": row, "minItems": 1, "maxItems": self.max_rows}},
+            "required": ["rows"],
+        }
