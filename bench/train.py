@@ -10,7 +10,12 @@ against the compute floor, interleaved round by round.
   bare + per-row   the floor's loop fed by a seed-style per-row polars DataLoader (num_workers=0), timed
                    over a bounded number of batches and scaled to a full epoch (an estimate)
 
+With --track it measures tracking overhead instead: the same fit() epoch with no trackers vs with
+every tracker (metrics.jsonl + TensorBoard + W&B in offline mode), interleaved round by round; the
+epoch is fit's own state.train_seconds, tracker start (wandb.init) and close are timed apart.
+
 Run: .venv/bin/python bench/train.py [--rounds 7] [--row-batches 30]
+     .venv/bin/python bench/train.py --track [--log-every-steps 50]
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,11 +84,11 @@ class Bench:
         seconds, _, model = self.bare_loop(self.batches, len(self.batches))
         return seconds, model
 
-    def fit(self) -> tuple[float, float, nn.Module]:
+    def fit(self, log_every_steps: int = 50, trackers: Sequence[Any] = ()) -> tuple[float, float, nn.Module]:
         model, loader = self.model(), self.loader()
-        config = torchkeep.TrainConfig(epochs=1, batch_size=BATCH, seed=0)
+        config = torchkeep.TrainConfig(epochs=1, batch_size=BATCH, seed=0, log_every_steps=log_every_steps)
         start = time.perf_counter()
-        result = torchkeep.fit(model, self.loss_fn, loader, config=config)
+        result = torchkeep.fit(model, self.loss_fn, loader, config=config, trackers=trackers)
         return time.perf_counter() - start, result.state.train_seconds, model
 
     def bare_batchloader(self) -> float:
@@ -99,11 +106,123 @@ def max_param_diff(a: nn.Module, b: nn.Module) -> float:
                if x.is_floating_point())
 
 
+ALL_TRACKERS = ["jsonl", "tensorboard", "wandb"]
+
+
+def child_cpu_seconds() -> float:
+    """CPU time of this process's live children (wandb's wandb-core service): work the trackers cause
+    outside the training process, which the epoch's wall clock only shows when cores are short."""
+    import glob
+    import os
+
+    total = 0.0
+    for path in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(path).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def tracked_fit(bench: Bench, log_every_steps: int, root: Path, round_: int) -> tuple[float, float, float]:
+    """(epoch seconds, tracker start + close seconds, child CPU seconds during the epoch) of one
+    fit() epoch with every tracker on."""
+    from torchkeep.track import build_trackers, close_trackers
+
+    start = time.perf_counter()
+    config = {"train": {"epochs": 1, "batch_size": BATCH, "log_every_steps": log_every_steps}}
+    trackers = build_trackers(ALL_TRACKERS, str(root / f"round-{round_}"), config)
+    setup = time.perf_counter() - start
+    cpu = child_cpu_seconds()
+    _, epoch, _ = bench.fit(log_every_steps, trackers)
+    cpu = child_cpu_seconds() - cpu
+    start = time.perf_counter()
+    close_trackers(trackers)
+    failed = [t.name for t in trackers if t.failed]
+    assert not failed, f"trackers failed: {failed}"
+    return epoch, setup + time.perf_counter() - start, cpu
+
+
+def cost_per_event(root: Path, events: int = 500) -> dict[str, float]:
+    """Microseconds one train event costs each tracker's log() in the training thread (load-insensitive)."""
+    from torchkeep.track import build_trackers, close_trackers
+
+    trackers = build_trackers(ALL_TRACKERS, str(root / "per-event"), {"train": {"epochs": 1}})
+    event = {"split": "train", "epoch": 0, "loss": 0.41, "lr": 0.01, "rows_per_s": 120_000.0}
+    costs = {}
+    for tracker in trackers:
+        for step in range(10):  # warm-up
+            tracker.log(event, step)
+        start = time.perf_counter()
+        for step in range(10, 10 + events):
+            tracker.log(event, step)
+        costs[tracker.name] = (time.perf_counter() - start) / events * 1e6
+    close_trackers(trackers)
+    return costs
+
+
+def tracking_overhead(bench: Bench, rounds: int, log_every_steps: int) -> None:
+    import os
+    import tempfile
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    events = len(bench.batches) // log_every_steps
+    print(f"tracking overhead: fit() epochs with no trackers vs jsonl + tensorboard + wandb"
+          f" (WANDB_MODE={os.environ['WANDB_MODE']}), a train event every {log_every_steps} steps"
+          f" ({events} per epoch, 4 scalars each)\n")
+    with tempfile.TemporaryDirectory(prefix="torchkeep-bench-track-") as root:
+        bench.fit(log_every_steps)  # warm-up, not timed
+        tracked_fit(bench, log_every_steps, Path(root), -1)
+        off: list[float] = []
+        on: list[float] = []
+        overhead: list[float] = []
+        child_cpu: list[float] = []
+        rows = []
+        for round_ in range(rounds):
+            if round_ % 2 == 0:  # alternate which goes first
+                off.append(bench.fit(log_every_steps)[1])
+                epoch, setup, cpu = tracked_fit(bench, log_every_steps, Path(root), round_)
+            else:
+                epoch, setup, cpu = tracked_fit(bench, log_every_steps, Path(root), round_)
+                off.append(bench.fit(log_every_steps)[1])
+            on.append(epoch)
+            overhead.append(setup)
+            child_cpu.append(cpu)
+            rows.append((f"round {round_ + 1}", f"{off[-1]:.3f}", f"{on[-1]:.3f}", f"{on[-1] / off[-1]:.3f}x",
+                         f"{setup:.2f}", f"{cpu:.3f}"))
+        print(table(["", "no trackers s/epoch", "all trackers s/epoch", "on/off", "tracker start+close s",
+                     "wandb-core CPU s"], rows))
+        costs = cost_per_event(Path(root))
+    ratio = median(on) / median(off)
+    per_round = median([a / b for a, b in zip(on, off)])
+    print(f"\nmedians of {rounds} interleaved rounds: no trackers {median(off):.3f} s/epoch, all trackers"
+          f" {median(on):.3f} s/epoch, tracker start + close {median(overhead):.2f} s per run (not per epoch)")
+    print(f"all trackers / none, ratio of medians:      {ratio:.3f}x   target <= 1.03x  {verdict(ratio <= 1.03)}")
+    print(f"all trackers / none, median per-round ratio: {per_round:.3f}x   target <= 1.03x  "
+          f"{verdict(per_round <= 1.03)}")
+    print(f"all trackers / none, ratio of best times:   {min(on) / min(off):.3f}x   (least disturbed by background"
+          " load)")
+    per_epoch = sum(costs.values()) * events / 1e6
+    print("\nlog() cost per train event in the training thread: "
+          + ", ".join(f"{name} {us:.0f} us" for name, us in costs.items())
+          + f"; x {events} events = {per_epoch * 1e3:.2f} ms per epoch = {per_epoch / median(off):.2%} of the"
+          f" no-tracker epoch; wandb-core (another process) used {median(child_cpu):.3f} CPU s per epoch")
+    estimate = 1 + (per_epoch + median(child_cpu)) / median(off)
+    print(f"estimate from costs: {estimate:.4f}x   target <= 1.03x  {verdict(estimate <= 1.03)}   (counting"
+          " wandb-core's CPU as if it all came out of the training thread)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--row-batches", type=int, default=30, help="batches timed per per-row run (0: skip)")
+    parser.add_argument("--track", action="store_true",
+                        help="measure tracking overhead instead: fit() with no trackers vs jsonl + tensorboard + wandb")
+    parser.add_argument("--log-every-steps", type=int, default=50, help="with --track: fit's log_every_steps")
     add_features_argument(parser)
     args = parser.parse_args()
 
@@ -123,6 +242,9 @@ def main() -> None:
     print(f"training rows {train.height:,}, {len(bench.batches)} batches of {BATCH}; model {params:,} parameters,"
           f" embedding dims {model_args['embedding_dims']}, hidden {model_args['hidden_sizes']};"
           f" AdamW lr {bench.optim.lr} wd {bench.optim.weight_decay}, one-cycle\n")
+    if args.track:
+        tracking_overhead(bench, args.rounds, args.log_every_steps)
+        return
 
     # Warm-up (not timed), and a check that fit() does the same computation as the floor.
     _, floor_model = bench.floor()

@@ -32,11 +32,11 @@ from torchkeep.data.builtin import get_example
 from torchkeep.data.io import as_frame, read_table
 from torchkeep.data.loader import BatchLoader
 from torchkeep.data.table import TableSchema, check_frame
-from torchkeep.errors import CheckpointError, ConfigError, DataError, StorageError
+from torchkeep.errors import CheckpointError, ConfigError, DataError
 from torchkeep.export.bundle import read_bundle, write_bundle
 from torchkeep.models.build import build_model, loss_for_task, tabular_model_args
 from torchkeep.storage import open_storage
-from torchkeep.track import JsonlTracker
+from torchkeep.track import Tracker, build_trackers, close_trackers
 from torchkeep.train.loop import fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.train.progress import Progress
@@ -59,7 +59,7 @@ class RunResult:
 def _override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Flat keyword overrides (`epochs=5, lr=1e-3`) applied to whichever section owns the name."""
     sections = {"": config, "data": config.data, "model": config.model, "train": config.train,
-                "optim": config.train.optim, "checkpoint": config.checkpoint}
+                "optim": config.train.optim, "checkpoint": config.checkpoint, "track": config.track}
     updates: dict[str, dict[str, Any]] = {name: {} for name in sections}
     for key, value in overrides.items():
         owners = [name for name, section in sections.items()
@@ -72,7 +72,8 @@ def _override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return dataclasses.replace(
         config, data=dataclasses.replace(config.data, **updates["data"]),
         model=dataclasses.replace(config.model, **updates["model"]), train=train,
-        checkpoint=dataclasses.replace(config.checkpoint, **updates["checkpoint"]), **updates[""],
+        checkpoint=dataclasses.replace(config.checkpoint, **updates["checkpoint"]),
+        track=dataclasses.replace(config.track, **updates["track"]), **updates[""],
     )
 
 
@@ -118,10 +119,10 @@ def _write_json(storage: Any, key: str, value: Any) -> None:
 
 
 def _read_json(storage: Any, key: str, run_dir: str) -> Any:
+    if not storage.exists(key):  # a missing bucket or unreadable store raises its own error here
+        raise CheckpointError(f"{run_dir}: not a torchkeep run (no {key})")
     try:
         return json.loads(storage.read(key))
-    except StorageError:
-        raise CheckpointError(f"{run_dir}: not a torchkeep run (no {key})") from None
     except ValueError as error:
         raise CheckpointError(f"{run_dir}/{key}: unreadable ({error})") from None
 
@@ -147,6 +148,9 @@ def train(
             raise ConfigError("a resumed run keeps its saved config; pass only the run directory (and data if it was a frame)")
         storage = open_storage(resume)
         config = RunConfig.from_dict(_read_json(storage, "config.json", resume), source=f"{resume}/config.json")
+        if not storage.exists("run.json"):  # stopped while being set up: nothing trained, start it over
+            progress.message(f"{resume}: the run stopped before training began; starting it from its saved config")
+            return train(data, config=dataclasses.replace(config, run_dir=resume), quiet=quiet, progress=progress)
         frame, name, config = _load_data(config, data)
         saved = _read_json(storage, "run.json", resume)["data"]
         found = _fingerprint(frame)
@@ -169,7 +173,8 @@ def train(
         if config.data.target is None:
             raise ConfigError("no target column: pass --target COLUMN (or target= in Python, [data] target in TOML)")
         run_dir = config.run_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if open_storage(run_dir).list():
+        # run.json is written last when a run is set up: without it, nothing was trained there yet.
+        if open_storage(run_dir).exists("run.json"):
             raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with --resume {run_dir} or choose another --run-dir")
         config = dataclasses.replace(config, run_dir=run_dir)
         source = config.data.path or name
@@ -203,17 +208,18 @@ def train(
     checkpointer = Checkpointer(run_dir, keep_last=config.checkpoint.keep_last,
                                 keep_best=keep_best if config.checkpoint.keep_best else None,
                                 async_save=config.checkpoint.async_save)
-    tracker = JsonlTracker(storage, "metrics.jsonl")
+    trackers: list[Tracker] = []
     progress.message(f"training {task} model on {train_frame.height:,} rows ({valid_frame.height:,} for validation)"
                      f" -> {run_dir}")
     status = "failed"
     started = time.time()
     try:
+        trackers = build_trackers(config.track.trackers, run_dir, config.to_dict())
         result = fit(
             model, loss_for_task(task), train_loader, config=config.train, valid_loader=valid_loader,
             metrics_fn=metrics_for_task(task, schema.target.std), checkpointer=checkpointer,
             checkpoint_every_steps=config.checkpoint.every_steps, checkpoint_every_epoch=config.checkpoint.every_epoch,
-            trackers=[tracker], progress=progress, resume=resume is not None, stop_at_step=stop_at_step,
+            trackers=trackers, progress=progress, resume=resume is not None, stop_at_step=stop_at_step,
         )
         if stop_at_step is not None and result.state.step == stop_at_step:
             status = "stopped"
@@ -227,7 +233,7 @@ def train(
         raise
     finally:
         checkpointer.close()
-        tracker.close()
+        close_trackers(trackers)
         run = _read_json(storage, "run.json", run_dir)
         run.update(status=status, updated_at=time.time(), seconds=run.get("seconds", 0) + time.time() - started)
         if status == "complete":
@@ -304,8 +310,6 @@ def verify_resume(run_dir: str, from_step: int | None = None, scratch: str | Non
     import tempfile
 
     from torchkeep.checkpoint import format as checkpoint_format
-    from torchkeep.checkpoint import tensors as tensor_files
-    from torchkeep.checkpoint.manager import MODEL_FILE, STATE_TENSORS_FILE
 
     storage = open_storage(run_dir)
     _read_json(storage, "config.json", run_dir)
@@ -334,6 +338,10 @@ def _replay_and_compare(storage: Any, run_dir: str, copy: Any, scratch: str, fro
 
     for key in ("config.json", "schema.json", "model.json", "run.json"):
         copy.write(key, storage.read(key))
+    # The replay is a self-test, not a run: no TensorBoard run or W&B run for it (JSONL only).
+    config = json.loads(storage.read("config.json"))
+    config["track"] = {"trackers": ["jsonl"]}
+    _write_json(copy, "config.json", config)
     start = f"{checkpoint_format.PREFIX}/{checkpoint_format.checkpoint_name(from_step)}"
     for key in storage.list(start):
         copy.write(key, storage.read(key))

@@ -1,6 +1,6 @@
 """RunConfig: every setting of a run, composed from each component's own config dataclass.
 
-A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [checkpoint]);
+A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [checkpoint], [track]);
 CLI flags override the file; the resolved config is saved in the run directory as config.json.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from torchkeep.errors import ConfigError
 from torchkeep.models.tabular import TabularModelConfig
+from torchkeep.track.build import TrackConfig
 from torchkeep.train.loop import TrainConfig
 from torchkeep.train.optim import OptimConfig
 
@@ -62,6 +63,7 @@ class RunConfig:
     model: TabularModelConfig = field(default_factory=TabularModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,7 +81,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: expected a table of settings (got {type(data).__name__})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     nested = {"data": DataConfig, "model": TabularModelConfig, "train": TrainConfig,
-              "checkpoint": CheckpointConfig, "optim": OptimConfig}
+              "checkpoint": CheckpointConfig, "optim": OptimConfig, "track": TrackConfig}
     kwargs = {}
     for key, value in data.items():
         name = _ALIASES.get(key, key)

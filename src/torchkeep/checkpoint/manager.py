@@ -100,11 +100,47 @@ class Checkpointer:
         extra: dict[str, Any] | None = None,
     ) -> None:
         """Snapshot now, write (in the background when async) as `checkpoints/step-{step:09d}`."""
+        self.save_state(
+            step,
+            model_state=model.state_dict() if model is not None else None,
+            optimizer_state=optimizer.state_dict() if optimizer is not None else None,
+            scheduler_state=scheduler.state_dict() if scheduler is not None else None,
+            loader_state=loader.state_dict() if loader is not None else None,
+            rng=rng_state() if self.save_rng else None,
+            epoch=epoch, metrics=metrics, extra=extra,
+        )
+
+    def save_state(
+        self,
+        step: int,
+        *,
+        model_state: dict[str, torch.Tensor] | None = None,
+        optimizer_state: dict[str, Any] | None = None,
+        scheduler_state: dict[str, Any] | None = None,
+        loader_state: dict[str, Any] | None = None,
+        rng: dict[str, Any] | None = None,
+        epoch: int | None = None,
+        metrics: dict[str, float] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """`save` from state dicts rather than live objects (e.g. a `torch.load`ed checkpoint dict);
+        `restore(model=..., optimizer=...)` loads them back into objects. `rng` (from
+        `torchkeep.checkpoint.rng.rng_state()`) is stored only when given."""
         self._raise_pending()
         # Async saves copy every tensor now (the caller steps on at once); sync saves write straight
         # from the live tensors, so they need no second copy of the state in memory.
-        files, meta = self._snapshot(step, model, optimizer, scheduler, loader, epoch, metrics, extra,
-                                     copy=self.async_save)
+        copy = self.async_save
+        files: dict[str, Any] = {}
+        if model_state is not None:
+            files[MODEL_FILE] = {k: v.detach().to("cpu", copy=copy) for k, v in model_state.items()}
+        parts = {"optimizer": optimizer_state, "scheduler": scheduler_state, "loader": loader_state,
+                 "rng": rng, "extra": extra or {}}
+        tensors: dict[str, torch.Tensor] = {}
+        state = {"step": step, "epoch": epoch, "metrics": metrics or {}}
+        state.update({k: codec.encode(v, tensors, k, copy=copy) for k, v in parts.items()})
+        files[STATE_TENSORS_FILE] = tensors
+        files[STATE_FILE] = state
+        meta = {"step": step, "epoch": epoch, "metrics": metrics or {}}
         name = format.checkpoint_name(step)
         if not self.async_save:
             self._commit(name, files, meta)
@@ -112,25 +148,6 @@ class Checkpointer:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchkeep-save")
         self._pending = self._executor.submit(self._commit, name, files, meta)
-
-    def _snapshot(self, step, model, optimizer, scheduler, loader, epoch, metrics, extra, copy):
-        files: dict[str, Any] = {}
-        if model is not None:
-            files[MODEL_FILE] = {k: v.detach().to("cpu", copy=copy) for k, v in model.state_dict().items()}
-        parts = {
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "loader": loader.state_dict() if loader is not None else None,
-            "rng": rng_state() if self.save_rng else None,
-            "extra": extra or {},
-        }
-        tensors: dict[str, torch.Tensor] = {}
-        state = {"step": step, "epoch": epoch, "metrics": metrics or {}}
-        state.update({k: codec.encode(v, tensors, k, copy=copy) for k, v in parts.items()})
-        files[STATE_TENSORS_FILE] = tensors
-        files[STATE_FILE] = state
-        meta = {"step": step, "epoch": epoch, "metrics": metrics or {}}
-        return files, meta
 
     def _commit(self, name: str, snapshot: dict[str, Any], meta: dict[str, Any]) -> None:
         files = {}

@@ -9,10 +9,10 @@ import argparse
 import logging
 import sys
 
-from torchkeep.cli import checkpoints, datasets, evaluate, predict, serve, train
+from torchkeep.cli import checkpoints, convert, datasets, evaluate, export, inspect, predict, report, runs, serve, train
 from torchkeep.errors import TorchkeepError
 
-COMMANDS = (train, evaluate, predict, serve, checkpoints, datasets)
+COMMANDS = (train, evaluate, predict, export, serve, checkpoints, inspect, convert, report, runs, datasets)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,11 +10,13 @@ EPILOG = """examples:
   torchkeep train --data flights.csv --target late   # your own table
   torchkeep train config.toml --epochs 5             # a TOML config, a flag overriding it
   torchkeep train --resume runs/flights-20261125-1200 # continue exactly where a run stopped
+  torchkeep train --track tensorboard,wandb          # also log to TensorBoard and W&B (metrics.jsonl always)
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
 categorical, continuous, drop; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
-[train] epochs, batch_size, seed, deterministic, early_stopping_patience, monitor;
-[train.optim] optimizer, lr, weight_decay, schedule; [checkpoint] every_steps, keep_last, async.
+[train] epochs, batch_size, seed, deterministic, early_stopping_patience, monitor, log_every_steps;
+[train.optim] optimizer, lr, weight_decay, schedule; [checkpoint] every_steps, keep_last, async;
+[track] trackers = ["tensorboard", "wandb"].
 """
 
 
@@ -70,6 +72,12 @@ def add_parser(commands: Any) -> None:
     runs.add_argument("--keep-last", type=int, metavar="K", help="checkpoints kept (default 3, plus the best)")
     runs.add_argument("--sync-checkpoints", action="store_const", const=False, dest="async_save",
                       help="write checkpoints in the training thread")
+    tracking = p.add_argument_group("tracking")
+    tracking.add_argument("--track", action="append", metavar="NAMES",
+                          help="trackers, comma list: tensorboard (RUN_DIR/tensorboard; torchkeep[track]), wandb"
+                          " (torchkeep[wandb]; WANDB_MODE=offline needs no account), jsonl (always on)")
+    tracking.add_argument("--log-every-steps", type=int, metavar="N", help="log training loss, lr, rows/s every N"
+                          " optimizer steps (default 50); validation is logged each time it runs")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=run)
 
@@ -77,7 +85,7 @@ def add_parser(commands: Any) -> None:
 OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout", "epochs", "batch_size", "lr",
              "optimizer", "schedule", "weight_decay", "grad_accum_steps", "clip_grad_norm", "early_stopping_patience",
              "monitor", "valid_every_steps", "seed", "deterministic", "device", "threads", "run_dir", "every_steps", "keep_last",
-             "async_save")
+             "async_save", "log_every_steps")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("categorical", "continuous", "drop"):
         if (names := _names(getattr(args, key))) is not None:
             overrides[key] = names
+    if (trackers := _names(args.track)) is not None:
+        overrides["trackers"] = trackers
     if args.hidden_sizes:
         try:
             overrides["hidden_sizes"] = [int(v) for v in args.hidden_sizes.split(",")]

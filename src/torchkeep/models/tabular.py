@@ -87,7 +87,9 @@ class EntityEmbeddingMLP(nn.Module):
 
     def forward(self, categorical: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
         parts = [embedding(categorical[:, i]) for i, embedding in enumerate(self.embeddings)]
-        x = self.embedding_dropout(torch.cat(parts, dim=1)) if parts else continuous.new_zeros(len(continuous), 0)
+        # With no categorical columns, [N, 0] is sliced from the input (not new_zeros(len(...))), so
+        # that N stays symbolic when torch.export / ONNX trace a dynamic batch.
+        x = self.embedding_dropout(torch.cat(parts, dim=1)) if parts else continuous[:, :0]
         if continuous.shape[1]:
             x = torch.cat([x, self.continuous_norm(continuous)], dim=1)
         out = self.head(self.mlp(x))

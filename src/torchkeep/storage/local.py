@@ -70,9 +70,12 @@ class LocalStorage:
         if not base.is_dir():
             return []
         keys = []
-        for path in base.rglob("*"):
-            if path.is_file() and not path.name.startswith("."):
-                keys.append(path.relative_to(self.root).as_posix())
+        # os.walk skips directories that vanish mid-walk (retention deleting an old checkpoint while
+        # someone lists the run), where Path.rglob raises.
+        for directory, _, files in os.walk(base):
+            for name in files:
+                if not name.startswith("."):
+                    keys.append((Path(directory) / name).relative_to(self.root).as_posix())
         return sorted(keys)
 
     def delete(self, key: str) -> None:

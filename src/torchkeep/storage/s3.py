@@ -42,6 +42,10 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+class _ChangedWhileReading(Exception):
+    """The object was overwritten between the ranged reads of one `read`."""
+
+
 class S3Storage:
     def __init__(
         self,
@@ -94,7 +98,9 @@ class S3Storage:
                 return StorageError(f"{where}: bucket '{self.bucket}' does not exist")
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
                 return StorageError(f"{where}: access denied ({code}); check the AWS credentials and bucket policy")
-            if code in ("NoSuchKey", "404"):
+            if code in ("NoSuchKey", "404", "NotFound"):
+                if not self._bucket_exists():
+                    return StorageError(f"{where}: bucket '{self.bucket}' does not exist")
                 return StorageError(f"{where}: no such object")
             return StorageError(f"{where}: {action} failed: {code} {error.response.get('Error', {}).get('Message', '')}".rstrip())
         if isinstance(error, exceptions.NoCredentialsError):
@@ -104,22 +110,42 @@ class S3Storage:
             return StorageError(f"{where}: cannot reach the S3 endpoint {endpoint} ({error}); check AWS_ENDPOINT_URL")
         return StorageError(f"{where}: {action} failed: {error}")
 
+    def _bucket_exists(self) -> bool:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return True
+        except self._botocore.exceptions.ClientError as error:
+            return error.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound")
+
     # -- the Storage protocol -------------------------------------------------------------------
 
     def read(self, key: str) -> bytearray:
+        for attempt in range(3):
+            try:
+                return self._read(key)
+            except _ChangedWhileReading:
+                continue  # overwritten between our ranged reads: read the new version whole
+        raise StorageError(f"{self._where(key)}: the object kept changing while it was being read")
+
+    def _read(self, key: str) -> bytearray:
         name = self._key(key)
         try:
-            size = self.client.head_object(Bucket=self.bucket, Key=name)["ContentLength"]
+            if not self.exists(key):
+                raise StorageError(f"{self._where(key)}: no such object")
+            head = self.client.head_object(Bucket=self.bucket, Key=name)
+            size, etag = head["ContentLength"], head["ETag"]
             buffer = bytearray(size)
             if size <= self.part_size:
-                body = self.client.get_object(Bucket=self.bucket, Key=name)["Body"]
+                body = self.client.get_object(Bucket=self.bucket, Key=name, IfMatch=etag)["Body"]
                 buffer[:] = body.read()
                 return buffer
             view = memoryview(buffer)
 
             def fetch(start: int) -> None:
                 end = min(size, start + self.part_size) - 1
-                body = self.client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes={start}-{end}")["Body"]
+                # IfMatch ties every range to the version HEAD saw: never half old, half new bytes.
+                body = self.client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes={start}-{end}",
+                                              IfMatch=etag)["Body"]
                 position = start
                 for chunk in body.iter_chunks(1 * MiB):
                     view[position : position + len(chunk)] = chunk
@@ -133,6 +159,10 @@ class S3Storage:
             return buffer
         except StorageError:
             raise
+        except self._botocore.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise _ChangedWhileReading() from error
+            raise self._error(error, key, "read") from error
         except Exception as error:
             raise self._error(error, key, "read") from error
 
@@ -205,6 +235,8 @@ class S3Storage:
             return True
         except self._botocore.exceptions.ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                if not self._bucket_exists():
+                    raise StorageError(f"{self._where(key)}: bucket '{self.bucket}' does not exist") from None
                 return False
             raise self._error(error, key, "exists") from error
         except Exception as error:

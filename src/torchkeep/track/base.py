@@ -21,6 +21,37 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+class Guarded:
+    """A tracker whose failure is reported once (a warning on the "torchkeep" logger) and never ends a
+    run: after it fails, its log() is no longer called; close() is still tried, quietly."""
+
+    def __init__(self, tracker: Tracker, name: str) -> None:
+        self.tracker, self.name = tracker, name
+        self.failed = False
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if self.failed:
+            return
+        try:
+            self.tracker.log(metrics, step)
+        # A tracker is a side channel running someone else's code (a disk-full event file, a W&B
+        # backend gone away): whatever it raises, training must go on. Reported once, with its name.
+        except Exception as error:  # noqa: BLE001
+            self._fail("logging", error)
+
+    def close(self) -> None:
+        try:
+            self.tracker.close()
+        except Exception as error:  # noqa: BLE001 (same reason as in log)
+            if not self.failed:
+                self._fail("closing", error)
+
+    def _fail(self, doing: str, error: Exception) -> None:
+        self.failed = True
+        log.warning("%s tracker failed while %s (%s: %s); training goes on without it",
+                    self.name, doing, type(error).__name__, error)
+
+
 class JsonlTracker:
     """One JSON object per event: {"step", "time", ...metrics} in `metrics.jsonl` of a run.
 

@@ -20,6 +20,7 @@ class Progress:
         self.use_rich = (self.stream.isatty() if rich is None else rich) and not quiet
         self._bar: Any = None
         self._task: Any = None
+        self._last_valid = ""  # shown on the next epoch's bar until the next validation
 
     def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
         self._epoch, self._epochs = epoch, epochs
@@ -43,7 +44,8 @@ class Progress:
             )
             self._bar.start()
             self._task = self._bar.add_task(
-                "train", total=batches, completed=done, epoch=f"{epoch + 1}/{epochs}", rate="-", loss="-", valid=""
+                "train", total=batches, completed=done, epoch=f"{epoch + 1}/{epochs}", rate="-", loss="-",
+                valid=self._last_valid,
             )
 
     def update(self, rows: int, loss: float | None = None, valid: dict[str, float] | None = None) -> None:
@@ -56,14 +58,16 @@ class Progress:
             if loss is not None:
                 fields["loss"] = f"{loss:.4f}"
             if valid:
-                fields["valid"] = _format(valid)
+                fields["valid"] = self._last_valid = _format(valid)
             self._bar.update(self._task, advance=1 if rows else 0, **fields)
 
     def end_epoch(self, valid: dict[str, float] | None = None) -> None:
         elapsed = time.perf_counter() - self._started
+        if valid:
+            self._last_valid = _format(valid)
         if self._bar is not None:
             if valid:
-                self._bar.update(self._task, valid=_format(valid))
+                self._bar.update(self._task, valid=self._last_valid)
             self._bar.stop()
             self._bar = None
             return

@@ -1,0 +1,103 @@
+"""`export(source, format=..., out=...)`: a run or bundle to a bundle or a class-free format, parity-checked.
+
+The bundle is a directory (or s3:// prefix). A class-free format is one file, named by `out` when
+`out` ends with the format's suffix (`model.onnx`), else `out/model.<suffix>`; schema.json,
+inputs.json and README.txt go next to it. The file is written only after its bytes pass the
+parity check, so a failed export leaves nothing behind that looks usable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from torchkeep.errors import CheckpointError, ConfigError, StorageError
+from torchkeep.export.bundle import read_bundle, write_bundle
+from torchkeep.export.describe import inputs_spec, readme
+from torchkeep.export.formats import FORMATS, ExportFormat
+from torchkeep.export.parity import Parity, check_parity, parity_data, parity_inputs
+from torchkeep.models.build import build_model
+from torchkeep.storage import open_storage
+
+FORMAT_NAMES = ("bundle", *FORMATS)
+EXAMPLE_ROWS = 8
+
+
+@dataclass(kw_only=True)
+class ExportResult:
+    format: str
+    path: str  # the bundle directory, or the model file
+    parity: Parity
+    files: dict[str, int] = field(default_factory=dict)  # every file written -> size in bytes
+
+
+def _model_spec(source: str, meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(architecture, constructor args): from the bundle, or from the run's model.json."""
+    if "model_args" in meta:
+        return meta["architecture"], meta["model_args"]
+    try:
+        spec = json.loads(open_storage(source).read("model.json"))
+        return spec["architecture"], spec["args"]
+    except (StorageError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{source}: no readable model.json ({error})") from None
+
+
+def target_paths(out: str, export_format: ExportFormat) -> tuple[str, str]:
+    """(directory, file name) of the export: `out` itself when it ends with the format's suffix."""
+    stripped = out.rstrip("/")
+    if stripped.endswith(export_format.suffixes):
+        directory, _, name = stripped.rpartition("/")
+        if not name or directory.endswith(":/"):
+            raise ConfigError(f"--out {out}: names a bucket, not a file")
+        return directory or ".", name
+    return stripped, export_format.file_name
+
+
+def _examples(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few real rows to trace with; at least 2, so that the batch size is not specialized to 1."""
+    categorical, continuous = inputs["categorical"][:EXAMPLE_ROWS], inputs["continuous"][:EXAMPLE_ROWS]
+    if len(categorical) < 2:
+        categorical, continuous = categorical.repeat(2, 1), continuous.repeat(2, 1)
+    return categorical, continuous
+
+
+def export(source: str, *, format: str, out: str, data: str | None = None) -> ExportResult:
+    """Export the model of a run or bundle (local or s3://) to `out`, after a parity check on real rows."""
+    from torchkeep.api import load  # api imports export.bundle: import here, not at module level
+
+    if format not in FORMAT_NAMES:
+        raise ConfigError(f"unknown export format {format!r} (expected one of: {', '.join(FORMAT_NAMES)})")
+    predictor = load(source)
+    model, schema = predictor.model.cpu().eval(), predictor.schema
+    architecture, model_args = _model_spec(source, predictor.meta)
+    rows_from = parity_data(source, data)
+    inputs = parity_inputs(schema, rows_from)
+    if format == "bundle":
+        storage = open_storage(out)
+        write_bundle(storage, model=model, architecture=architecture, model_args=model_args, schema=schema,
+                     metrics=predictor.meta.get("metrics") or {})
+        reloaded, _, _ = read_bundle(storage)  # what was written, read back through its manifest
+        parity = check_parity(model, reloaded, inputs, what=f"bundle {out}", data=rows_from)
+        files = {key: len(storage.read(key)) for key in ("bundle.json", "model.safetensors", "MANIFEST.json")}
+        return ExportResult(format=format, path=out, parity=parity, files=files)
+    export_format = FORMATS[format]
+    directory, file_name = target_paths(out, export_format)
+    blob = export_format.serialize(model, _examples(inputs))
+    runner = export_format.load(blob, lambda: build_model(architecture, model_args))
+    parity = check_parity(model, runner, inputs, what=f"{format} export", data=rows_from)
+    spec = inputs_spec(schema, export_format=export_format, file_name=file_name, architecture=architecture,
+                       model_args=model_args, parity=parity)
+    files = {
+        file_name: blob,
+        "schema.json": schema.to_json().encode(),
+        "inputs.json": json.dumps(spec, indent=1, default=str).encode(),
+        "README.txt": readme(spec, export_format).encode(),
+    }
+    storage = open_storage(directory)
+    for name, content in files.items():
+        storage.write(name, content)
+    path = f"{directory}/{file_name}" if directory != "." else file_name
+    return ExportResult(format=format, path=path, parity=parity, files={k: len(v) for k, v in files.items()})

@@ -1,0 +1,136 @@
+"""The class-free export formats: an eager model to bytes, and those bytes back to something callable.
+
+Every format takes the already-encoded tensors of `TableSchema.transform`: `categorical` int64
+[N, C] and `continuous` float32 [N, K], with N dynamic; its output is the model's raw output
+(`output`: [N], or [N, classes] for multiclass). `load` is what the parity check runs, so what is
+checked is the file as written, not the object it came from.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from torchkeep.errors import MissingExtraError
+
+INPUT_NAMES = ("categorical", "continuous")
+OUTPUT_NAME = "output"
+
+Inputs = tuple[torch.Tensor, torch.Tensor]
+Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportFormat:
+    name: str
+    file_name: str  # written inside --out when --out does not name the file itself
+    suffixes: tuple[str, ...]  # an --out ending in one of these is the file
+    serialize: Callable[[nn.Module, Inputs], bytes]
+    load: Callable[[bytes, Callable[[], nn.Module]], Runner]  # (bytes, rebuild the eager class) -> runner
+    loading: str  # how to run it from Python, for README.txt
+
+
+def _dynamic_batch() -> dict[str, dict[int, torch.export.Dim]]:
+    batch = torch.export.Dim("batch", min=1)
+    return {name: {0: batch} for name in INPUT_NAMES}
+
+
+def _state_dict_bytes(model: nn.Module, example: Inputs) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
+def _state_dict_load(data: bytes, rebuild: Callable[[], nn.Module]) -> Runner:
+    model = rebuild()
+    model.load_state_dict(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
+    return model.eval()
+
+
+def _torchscript_bytes(model: nn.Module, example: Inputs) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream; still loads in C++
+        torch.jit.save(torch.jit.script(model), buffer)
+    return buffer.getvalue()
+
+
+def _torchscript_load(data: bytes, rebuild: Callable[[], nn.Module]) -> Runner:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")
+
+
+def _pt2_bytes(model: nn.Module, example: Inputs) -> bytes:
+    program = torch.export.export(model, example, dynamic_shapes=_dynamic_batch())
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def _pt2_load(data: bytes, rebuild: Callable[[], nn.Module]) -> Runner:
+    return torch.export.load(io.BytesIO(data)).module()
+
+
+def _require_onnx() -> None:
+    for package in ("onnx", "onnxscript", "onnxruntime"):  # onnxscript: torch.onnx's dynamo exporter
+        try:
+            __import__(package)
+        except ImportError:
+            raise MissingExtraError(package, "onnx") from None
+
+
+def _onnx_bytes(model: nn.Module, example: Inputs) -> bytes:
+    _require_onnx()
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and the like: not about this model
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, example, None, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=_dynamic_batch(), dynamo=True, verbose=False)
+    finally:
+        quiet.setLevel(level)
+    return program.model_proto.SerializeToString()
+
+
+def _onnx_load(data: bytes, rebuild: Callable[[], nn.Module]) -> Runner:
+    _require_onnx()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    def run(categorical: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
+        feeds = {"categorical": categorical.numpy(), "continuous": continuous.numpy()}
+        return torch.from_numpy(session.run(None, feeds)[0])
+
+    return run
+
+
+FORMATS = {
+    f.name: f
+    for f in (
+        ExportFormat(name="state-dict", file_name="model.pth", suffixes=(".pth", ".pt"), serialize=_state_dict_bytes,
+                     load=_state_dict_load,
+                     loading="from torchkeep import EntityEmbeddingMLP  # or any module with these layers\n"
+                             'model = EntityEmbeddingMLP(**json.load(open("inputs.json"))["model"]["args"])\n'
+                             'model.load_state_dict(torch.load("{file}", weights_only=True))\n'
+                             "model.eval()\noutput = model(categorical, continuous)"),
+        ExportFormat(name="torchscript", file_name="model.pt", suffixes=(".pt",), serialize=_torchscript_bytes,
+                     load=_torchscript_load,
+                     loading='model = torch.jit.load("{file}")  # or torch::jit::load in C++\n'
+                             "output = model(categorical, continuous)"),
+        ExportFormat(name="pt2", file_name="model.pt2", suffixes=(".pt2",), serialize=_pt2_bytes, load=_pt2_load,
+                     loading='model = torch.export.load("{file}").module()\noutput = model(categorical, continuous)'),
+        ExportFormat(name="onnx", file_name="model.onnx", suffixes=(".onnx",), serialize=_onnx_bytes, load=_onnx_load,
+                     loading='session = onnxruntime.InferenceSession("{file}")\n'
+                             'output = session.run(None, {{"categorical": categorical, "continuous": continuous}})[0]'),
+    )
+}
