@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last committed checkpoint is intact; continue with --resume", file=sys.stderr)
+        message = "interrupted"
+        if args.command == "train":
+            message += ": the last committed checkpoint is intact; continue with --resume"
+        print(message, file=sys.stderr)
         return 130
     finally:
         logger.removeHandler(handler)

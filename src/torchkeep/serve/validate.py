@@ -7,6 +7,7 @@ that one bad request gets its own 422 and never enters a batch with good ones.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import polars as pl
@@ -20,12 +21,24 @@ class RequestError(Exception):
         self.field, self.message, self.status = field, message, status
 
 
+_FLOAT_MAX = sys.float_info.max
+
+
 # JSON types accepted per raw kind; bool is checked first because bool is an int in Python.
 def _check(kind: str, value: Any) -> str | None:
     if value is None:
         return None
     if kind == "string":
-        return None if isinstance(value, str) else "expected a string or null"
+        if not isinstance(value, str):
+            return "expected a string or null"
+        # JSON allows "\ud800" (a lone surrogate), which no UTF-8 column can hold: polars would fail
+        # on it inside a batch, taking the other requests of that batch down with it.
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "expected a string of valid Unicode (a lone surrogate has no UTF-8 form)"
+        return None
     if kind == "boolean":
         return None if isinstance(value, bool) else "expected true, false or null"
     if isinstance(value, bool):
@@ -34,7 +47,9 @@ def _check(kind: str, value: Any) -> str | None:
         if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
             return None
         return "expected an integer or null"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):  # JSON integers are unbounded: 10**400 has no float (OverflowError)
+        return None if -_FLOAT_MAX <= value <= _FLOAT_MAX else "expected a number within the float range"
+    if isinstance(value, float):
         return None if math.isfinite(value) else "expected a finite number (NaN and infinity are not allowed)"
     return "expected a number or null"
 
@@ -73,13 +88,13 @@ class RowValidator:
             if self.strict:
                 extra = [k for k in row if k not in self.known]
                 if extra:
-                    raise RequestError(f"rows[{index}].{extra[0]}", "unknown field (strict mode)")
+                    raise RequestError(f"rows[{index}].{extra[0][:100]}", "unknown field (strict mode)")
         return rows
 
     def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
         """Validated rows as a frame with the dtypes the schema expects."""
-        return pl.DataFrame({name: pl.Series(name, [row[name] for row in rows], dtype=dtype, strict=False)
-                             for name, dtype in self.dtypes.items()})
+        return pl.DataFrame([pl.Series(name, [row[name] for row in rows], dtype=dtype, strict=False)
+                             for name, dtype in self.dtypes.items()])
 
     def json_schema(self) -> dict[str, Any]:
         """The request body's JSON schema, for /openapi.json and clients."""

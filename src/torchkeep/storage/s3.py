@@ -14,6 +14,8 @@ AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_PROFILE, the credential 
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import threading
 from collections.abc import Iterable
@@ -42,6 +44,47 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+class _PartBody(io.RawIOBase):
+    """One multipart part as a seekable file over the caller's buffers: uploaded without a copy
+    (botocore rewinds it to retry), so parts in flight cost no memory of their own."""
+
+    def __init__(self, views: list[memoryview]) -> None:
+        self.views = views
+        self.size = sum(view.nbytes for view in views)
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = min(max(base + offset, 0), self.size)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        written, start = 0, 0
+        for view in self.views:
+            end = start + view.nbytes
+            if self.position < end and written < target.nbytes:
+                offset = self.position - start
+                take = min(view.nbytes - offset, target.nbytes - written)
+                target[written : written + take] = view[offset : offset + take]
+                written += take
+                self.position += take
+            start = end
+        return written
+
+
 class _ChangedWhileReading(Exception):
     """The object was overwritten between the ranged reads of one `read`."""
 
@@ -52,8 +95,8 @@ class S3Storage:
         uri: str,
         *,
         part_size: int = 8 * MiB,
-        max_parts_in_flight: int = 6,
-        threads: int = 8,
+        max_parts_in_flight: int = 16,
+        threads: int = 16,
         client: Any = None,
     ) -> None:
         boto3, botocore = _boto3()
@@ -140,9 +183,12 @@ class S3Storage:
                 buffer[:] = body.read()
                 return buffer
             view = memoryview(buffer)
+            # At most `threads` ranges per object: fewer requests (each has a fixed cost, and some
+            # servers copy the whole object per ranged GET), all of them in flight at once.
+            span = max(self.part_size, math.ceil(size / self.threads))
 
             def fetch(start: int) -> None:
-                end = min(size, start + self.part_size) - 1
+                end = min(size, start + span) - 1
                 # IfMatch ties every range to the version HEAD saw: never half old, half new bytes.
                 body = self.client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes={start}-{end}",
                                               IfMatch=etag)["Body"]
@@ -153,7 +199,7 @@ class S3Storage:
                 if position != end + 1:
                     raise StorageError(f"{self._where(key)}: short ranged read ({position - start} of {end + 1 - start} bytes)")
 
-            futures = [self._executor().submit(fetch, start) for start in range(0, size, self.part_size)]
+            futures = [self._executor().submit(fetch, start) for start in range(0, size, span)]
             for future in futures:
                 future.result()
             return buffer
@@ -187,35 +233,37 @@ class S3Storage:
         slots = threading.BoundedSemaphore(self.max_parts_in_flight)
         futures: list[Future[dict[str, Any]]] = []
 
-        def upload(number: int, body: bytes) -> dict[str, Any]:
+        def upload(number: int, views: list[memoryview]) -> dict[str, Any]:
             try:
                 response = self.client.upload_part(
-                    Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=body
+                    Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=_PartBody(views)
                 )
                 return {"PartNumber": number, "ETag": response["ETag"]}
             finally:
                 slots.release()
 
-        def submit(body: bytes) -> None:
-            slots.acquire()  # bounds memory: at most max_parts_in_flight parts exist at once
+        def submit(views: list[memoryview]) -> None:
+            slots.acquire()  # at most max_parts_in_flight requests at once
             for future in futures:
                 if future.done() and future.exception() is not None:
                     slots.release()
                     raise future.exception()  # type: ignore[misc]
-            futures.append(self._executor().submit(upload, len(futures) + 1, body))
+            futures.append(self._executor().submit(upload, len(futures) + 1, views))
 
         try:
-            part = bytearray()
+            part: list[memoryview] = []
+            filled = 0
             for chunk in chunks:
                 while chunk.nbytes:
-                    take = min(self.part_size - len(part), chunk.nbytes)
-                    part += chunk[:take]
+                    take = min(self.part_size - filled, chunk.nbytes)
+                    part.append(chunk[:take])  # a view of the caller's bytes, not a copy
+                    filled += take
                     chunk = chunk[take:]
-                    if len(part) == self.part_size:
-                        submit(bytes(part))
-                        part = bytearray()
+                    if filled == self.part_size:
+                        submit(part)
+                        part, filled = [], 0
             if part or not futures:
-                submit(bytes(part))
+                submit(part)
             parts = [future.result() for future in futures]
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
