@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,10 +71,14 @@ def write_checkpoint(storage: Storage, name: str, files: dict[str, Buffers], met
     """
     base = f"{PREFIX}/{name}"
     entries = {}
-    for file_name, data in files.items():
-        size, digest = _size_and_digest(data)
-        storage.write(f"{base}/{file_name}", data)
-        entries[file_name] = {"size": size, "sha256": digest}
+    # Hash in a second thread while the bytes are written (hashlib and file I/O both release the
+    # GIL on big buffers): one pass over the data in wall time instead of two.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchkeep-hash") as hasher:
+        digests = {file_name: hasher.submit(_size_and_digest, data) for file_name, data in files.items()}
+        for file_name, data in files.items():
+            storage.write(f"{base}/{file_name}", data)
+            size, digest = digests[file_name].result()
+            entries[file_name] = {"size": size, "sha256": digest}
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.time(),
