@@ -163,7 +163,7 @@ class S3Storage:
     # -- the Storage protocol -------------------------------------------------------------------
 
     def read(self, key: str) -> bytearray:
-        for attempt in range(3):
+        for _ in range(5):
             try:
                 return self._read(key)
             except _ChangedWhileReading:
@@ -173,15 +173,11 @@ class S3Storage:
     def _read(self, key: str) -> bytearray:
         name = self._key(key)
         try:
-            if not self.exists(key):
-                raise StorageError(f"{self._where(key)}: no such object")
             head = self.client.head_object(Bucket=self.bucket, Key=name)
             size, etag = head["ContentLength"], head["ETag"]
+            if size <= self.part_size:  # one GET returns one whole version, whatever HEAD saw
+                return bytearray(self.client.get_object(Bucket=self.bucket, Key=name)["Body"].read())
             buffer = bytearray(size)
-            if size <= self.part_size:
-                body = self.client.get_object(Bucket=self.bucket, Key=name, IfMatch=etag)["Body"]
-                buffer[:] = body.read()
-                return buffer
             view = memoryview(buffer)
             # At most `threads` ranges per object: fewer requests (each has a fixed cost, and some
             # servers copy the whole object per ranged GET), all of them in flight at once.
