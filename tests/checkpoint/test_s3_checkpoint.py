@@ -27,62 +27,7 @@ from torchkeep.storage.s3 import S3Storage
 MiB = 1 << 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2))
-        self.head = nn.Linear(16, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def make_run(seed: int = 0, total_steps: int = 40) -> tuple[Net, torch.optim.AdamW, Any]:
-    torch.manual_seed(seed)
-    model = Net()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=total_steps)
-    return model, optimizer, scheduler
-
-
-def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, steps: int) -> None:
-    model.train()
-    for _ in range(steps):
-        x = torch.randn(32, 6)
-        y = x[:, :1] * 2 + 0.1 * torch.randn(32, 1)
-        optimizer.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
-        scheduler.step()
-
-
-def assert_same(a: Any, b: Any, where: str = "state") -> None:
-    """Nested state equal, tensors bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), where
-        for key in a:
-            assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+from small_run import Net, assert_same, make_run, train_steps, weights  # noqa: E402
 
 
 class Place:
