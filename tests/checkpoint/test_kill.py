@@ -17,26 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import torch
 from safetensors.torch import load_file
 
+from kill_table import TRAIN_FLAGS, write_table
+
 STEPS_PER_EPOCH = 43  # 5,400 training rows (6,000 less 10% for validation) in batches of 128
 EPOCHS = 2
-TRAIN_FLAGS = ["--target", "late", "--epochs", EPOCHS, "--batch-size", 128, "--checkpoint-every-steps", 5,
-               "--deterministic", "--dropout", 0.1, "--seed", 1]
 
-
-def write_table(path: Path, rows: int = 6_000) -> None:
-    rng = np.random.default_rng(0)
-    origin = rng.choice(["EWR", "JFK", "LGA"], rows)
-    hour = rng.integers(5, 23, rows)
-    distance = rng.gamma(2.0, 400.0, rows)
-    dep_delay = rng.normal(10, 30, rows)
-    late = dep_delay + 2 * (origin == "EWR") + 0.2 * (hour - 14) + rng.normal(0, 10, rows) > 15
-    pl.DataFrame({"origin": origin, "hour": hour, "distance": distance, "dep_delay": dep_delay, "late": late}
-                 ).write_csv(path)
 
 
 def torchkeep_train(*args: object, cwd: Path) -> subprocess.Popen[str]:

@@ -30,32 +30,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
+from kill_table import TRAIN_FLAGS, write_table
 from torchkeep import Checkpointer, StorageError
 from torchkeep.storage import Storage, open_storage
 
 STEPS = 86  # 2 epochs of 43 batches: 5,400 training rows (6,000 less 10% for validation) in batches of 128
-TRAIN_FLAGS = ["--target", "late", "--epochs", 2, "--batch-size", 128, "--checkpoint-every-steps", 5,
-               "--deterministic", "--dropout", 0.1, "--seed", 1]
+
 KILLS = 10
 MAX_ATTEMPTS = 16
-
-
-def write_table(path: Path, rows: int = 6_000) -> None:
-    rng = np.random.default_rng(0)
-    origin = rng.choice(["EWR", "JFK", "LGA"], rows)
-    hour = rng.integers(5, 23, rows)
-    distance = rng.gamma(2.0, 400.0, rows)
-    dep_delay = rng.normal(10, 30, rows)
-    late = dep_delay + 2 * (origin == "EWR") + 0.2 * (hour - 14) + rng.normal(0, 10, rows) > 15
-    pl.DataFrame({"origin": origin, "hour": hour, "distance": distance, "dep_delay": dep_delay, "late": late}
-                 ).write_csv(path)
 
 
 class Attempt:
