@@ -41,6 +41,7 @@ from torchkeep.train.loop import fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.train.progress import Progress
 from torchkeep.train.state import TrainState, seed_everything
+from torchkeep.train.transfer import Pretrained, load_pretrained, match_patterns, read_pretrained
 
 log = logging.getLogger("torchkeep")
 
@@ -59,7 +60,8 @@ class RunResult:
 def _override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Flat keyword overrides (`epochs=5, lr=1e-3`) applied to whichever section owns the name."""
     sections = {"": config, "data": config.data, "model": config.model, "train": config.train,
-                "optim": config.train.optim, "checkpoint": config.checkpoint, "track": config.track}
+                "optim": config.train.optim, "transfer": config.train.transfer, "checkpoint": config.checkpoint,
+                "track": config.track}
     updates: dict[str, dict[str, Any]] = {name: {} for name in sections}
     for key, value in overrides.items():
         owners = [name for name, section in sections.items()
@@ -68,6 +70,7 @@ def _override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"unknown setting '{key}'")
         updates[owners[0]][key] = value
     train = dataclasses.replace(config.train, optim=dataclasses.replace(config.train.optim, **updates["optim"]),
+                                transfer=dataclasses.replace(config.train.transfer, **updates["transfer"]),
                                 **updates["train"])
     return dataclasses.replace(
         config, data=dataclasses.replace(config.data, **updates["data"]),
@@ -143,6 +146,7 @@ def train(
     Keyword overrides name any config field: `epochs=5, lr=3e-3, valid_fraction=0.2, run_dir=...`.
     """
     progress = progress or Progress(quiet=quiet)
+    pretrained: Pretrained | None = None
     if resume is not None:
         if overrides or target is not None or config is not None:
             raise ConfigError("a resumed run keeps its saved config; pass only the run directory (and data if it was a frame)")
@@ -189,10 +193,14 @@ def train(
         train_config = dataclasses.replace(config.train, monitor=config.train.monitor or monitor,
                                            monitor_mode=config.train.monitor_mode or (mode if not config.train.monitor else None))
         config = dataclasses.replace(config, train=train_config)
+        pretrained, config = _read_init_from(config, schema)
         model_args = tabular_model_args(config.model, schema)
         # Transformed before anything is written: bad data leaves no run directory behind.
         train_tensors, valid_tensors = _transform_splits(schema, train_frame, valid_frame, config, source)
+        transfer_report = _check_transfer(config, model_args, schema, pretrained)
         storage = open_storage(run_dir)
+        if transfer_report is not None:
+            _write_json(storage, "transfer.json", transfer_report)
         _write_json(storage, "config.json", config.to_dict())
         _write_json(storage, "schema.json", schema.to_dict())
         _write_json(storage, "model.json", {"architecture": ARCHITECTURE, "args": model_args})
@@ -208,6 +216,8 @@ def train(
     checkpointer = Checkpointer(run_dir, keep_last=config.checkpoint.keep_last,
                                 keep_best=keep_best if config.checkpoint.keep_best else None,
                                 async_save=config.checkpoint.async_save)
+    pretrained_parameters = _init_from(model, config, schema, storage, checkpointer, progress, resume is not None,
+                                       pretrained)
     trackers: list[Tracker] = []
     progress.message(f"training {task} model on {train_frame.height:,} rows ({valid_frame.height:,} for validation)"
                      f" -> {run_dir}")
@@ -220,6 +230,7 @@ def train(
             metrics_fn=metrics_for_task(task, schema.target.std), checkpointer=checkpointer,
             checkpoint_every_steps=config.checkpoint.every_steps, checkpoint_every_epoch=config.checkpoint.every_epoch,
             trackers=trackers, progress=progress, resume=resume is not None, stop_at_step=stop_at_step,
+            pretrained=pretrained_parameters,
         )
         if stop_at_step is not None and result.state.step == stop_at_step:
             status = "stopped"
@@ -240,6 +251,55 @@ def train(
             run["valid"] = valid
         _write_json(storage, "run.json", run)
     return RunResult(run_dir=run_dir, valid=valid, state=result.state, bundle=f"{run_dir.rstrip('/')}/bundle")
+
+
+def _read_init_from(config: RunConfig, schema: TableSchema) -> tuple[Pretrained | None, RunConfig]:
+    """The `init_from` weights, read before the run directory is made; shared categorical columns keep
+    the pretrained embedding sizes so that the layers after them fit too (models/tabular_transfer.py)."""
+    from torchkeep.models.tabular_transfer import embedding_dims
+
+    source = config.train.transfer.init_from
+    if source is None:
+        return None, config
+    if "://" not in source:
+        source = os.path.abspath(source)  # read again from anywhere if the run restarts before a checkpoint
+    pretrained = read_pretrained(source)
+    transfer = dataclasses.replace(config.train.transfer, init_from=source)
+    model = dataclasses.replace(config.model, embedding_dims=embedding_dims(pretrained, config.model, schema))
+    return pretrained, dataclasses.replace(config, model=model,
+                                           train=dataclasses.replace(config.train, transfer=transfer))
+
+
+def _check_transfer(config: RunConfig, model_args: dict[str, Any], schema: TableSchema,
+                    pretrained: Pretrained | None) -> dict[str, Any] | None:
+    """Freeze patterns checked and the init_from report made on a scratch model, before anything is written."""
+    from torchkeep.models.tabular_transfer import level_aligner
+
+    transfer = config.train.transfer
+    if not transfer.freeze and pretrained is None:
+        return None
+    model = build_model(ARCHITECTURE, model_args)
+    match_patterns(transfer.freeze, [name for name, _ in model.named_parameters()])
+    if pretrained is None:
+        return None
+    return load_pretrained(model, pretrained, rename=transfer.rename, adapt=level_aligner(schema)).to_dict()
+
+
+def _init_from(model: torch.nn.Module, config: RunConfig, schema: TableSchema, storage: Any,
+               checkpointer: Checkpointer, progress: Progress, resuming: bool, pretrained: Pretrained | None,
+               ) -> list[str]:
+    """Load `init_from` when a run starts (not on resume: the checkpoint wins); the pretrained names."""
+    from torchkeep.models.tabular_transfer import level_aligner
+
+    transfer = config.train.transfer
+    if transfer.init_from is None:
+        return []
+    if resuming and any(info.status == "complete" for info in checkpointer.list()):
+        return _read_json(storage, "transfer.json", storage.uri)["pretrained_parameters"]
+    report = load_pretrained(model, pretrained or transfer.init_from, rename=transfer.rename, adapt=level_aligner(schema))
+    for line in report.lines():
+        progress.message(line)
+    return report.pretrained_parameters
 
 
 def evaluate_tensors(model: torch.nn.Module, schema: TableSchema, tensors: dict[str, torch.Tensor]) -> dict[str, float]:

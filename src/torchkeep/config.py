@@ -1,7 +1,7 @@
 """RunConfig: every setting of a run, composed from each component's own config dataclass.
 
-A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [checkpoint], [track]);
-CLI flags override the file; the resolved config is saved in the run directory as config.json.
+A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [train.transfer],
+[checkpoint], [track]); CLI flags override the file; the resolved config is saved in the run directory as config.json.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torchkeep.models.tabular import TabularModelConfig
 from torchkeep.track.build import TrackConfig
 from torchkeep.train.loop import TrainConfig
 from torchkeep.train.optim import OptimConfig
+from torchkeep.train.transfer import TransferConfig
 
 
 @dataclass(kw_only=True)
@@ -81,7 +82,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: expected a table of settings (got {type(data).__name__})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     nested = {"data": DataConfig, "model": TabularModelConfig, "train": TrainConfig,
-              "checkpoint": CheckpointConfig, "optim": OptimConfig, "track": TrackConfig}
+              "checkpoint": CheckpointConfig, "optim": OptimConfig, "track": TrackConfig, "transfer": TransferConfig}
     kwargs = {}
     for key, value in data.items():
         name = _ALIASES.get(key, key)

@@ -11,11 +11,13 @@ EPILOG = """examples:
   torchkeep train config.toml --epochs 5             # a TOML config, a flag overriding it
   torchkeep train --resume runs/flights-20261125-1200 # continue exactly where a run stopped
   torchkeep train --track tensorboard,wandb          # also log to TensorBoard and W&B (metrics.jsonl always)
+  torchkeep train --data new.csv --target late --init-from runs/big --freeze 'embeddings.*' --unfreeze-at 3
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
 categorical, continuous, drop; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
 [train] epochs, batch_size, seed, deterministic, early_stopping_patience, monitor, log_every_steps;
-[train.optim] optimizer, lr, weight_decay, schedule; [checkpoint] every_steps, keep_last, async;
+[train.optim] optimizer, lr, weight_decay, schedule; [train.transfer] init_from, freeze, unfreeze_at,
+backbone_lr_mult, rename = {"old_prefix." = "new_prefix."}; [checkpoint] every_steps, keep_last, async;
 [track] trackers = ["tensorboard", "wandb"].
 """
 
@@ -63,6 +65,22 @@ def add_parser(commands: Any) -> None:
     training.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms only")
     training.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:1, mps")
     training.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: one per core)")
+    transfer = p.add_argument_group(
+        "transfer learning", "start from another model's weights; only when a run starts (--resume keeps its checkpoint)")
+    transfer.add_argument("--init-from", metavar="SOURCE",
+                          help="copy every weight whose name and shape match from a torchkeep run (its bundle, else its"
+                          " newest valid checkpoint), a bundle, a .safetensors file or a .pth/.pt state_dict (read"
+                          " weights-only: no pickled code runs); local or s3://. Prints what was loaded, skipped"
+                          " (shape differs) and newly initialised (default: none, random init)")
+    transfer.add_argument("--freeze", action="append", metavar="PATTERNS",
+                          help="keep parameters fixed whose names match a glob, comma list or repeated, e.g."
+                          " 'embeddings.*'; no gradients, not in the optimizer, their BatchNorm in eval mode"
+                          " (default: nothing frozen; `torchkeep inspect RUN` lists the names)")
+    transfer.add_argument("--unfreeze-at", type=int, metavar="EPOCH",
+                          help="1-based epoch from which frozen parameters train too: 3 = frozen in epochs 1-2"
+                          " (default: frozen to the end)")
+    transfer.add_argument("--backbone-lr-mult", type=float, metavar="X",
+                          help="learning rate of the weights loaded by --init-from = lr x X, e.g. 0.1 (default 1.0)")
     runs = p.add_argument_group("run directory and checkpoints")
     runs.add_argument("--run-dir", metavar="DIR", help="default: runs/<data>-<time>")
     runs.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
@@ -85,7 +103,7 @@ def add_parser(commands: Any) -> None:
 OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout", "epochs", "batch_size", "lr",
              "optimizer", "schedule", "weight_decay", "grad_accum_steps", "clip_grad_norm", "early_stopping_patience",
              "monitor", "valid_every_steps", "seed", "deterministic", "device", "threads", "run_dir", "every_steps", "keep_last",
-             "async_save", "log_every_steps")
+             "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("categorical", "continuous", "drop"):
         if (names := _names(getattr(args, key))) is not None:
             overrides[key] = names
+    if (freeze := _names(args.freeze)) is not None:
+        overrides["freeze"] = freeze
     if (trackers := _names(args.track)) is not None:
         overrides["trackers"] = trackers
     if args.hidden_sizes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Collection, Iterable, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from torchkeep.train.metrics import HIGHER_IS_BETTER, MetricFn
 from torchkeep.train.optim import OptimConfig, build_optimizer, build_scheduler
 from torchkeep.train.progress import Progress
 from torchkeep.train.state import TrainState, seed_everything
+from torchkeep.train.transfer import TransferConfig, TransferPlan
 
 log = logging.getLogger("torchkeep")
 
@@ -47,10 +48,13 @@ class TrainConfig:
     # busy processes, fewer threads than cores avoid stalls where threads wait on each other.
     threads: int | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.optim, dict):
             self.optim = OptimConfig(**self.optim)
+        if isinstance(self.transfer, dict):
+            self.transfer = TransferConfig(**self.transfer)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
                     "log_every_steps": self.log_every_steps}
         optional = {"valid_every_steps": self.valid_every_steps, "threads": self.threads,
@@ -62,6 +66,9 @@ class TrainConfig:
             raise ConfigError(f"clip_grad_norm must be > 0 (got {self.clip_grad_norm})")
         if self.monitor_mode not in (None, "min", "max"):
             raise ConfigError(f"monitor_mode must be min or max (got {self.monitor_mode!r})")
+        if self.transfer.unfreeze_at is not None and self.transfer.unfreeze_at > self.epochs:
+            raise ConfigError(f"unfreeze_at {self.transfer.unfreeze_at} is after the last epoch ({self.epochs});"
+                              " choose an epoch from 2 to epochs")
 
 
 @dataclass
@@ -135,11 +142,13 @@ def fit(
     progress: Progress | None = None,
     resume: bool = False,
     stop_at_step: int | None = None,
+    pretrained: Collection[str] = (),
 ) -> FitResult:
     """Train `model`; see the module docstring for the batch conventions.
 
     `resume` restores the newest valid checkpoint of `checkpointer` first. `stop_at_step` ends the
     run right after that optimizer step with a checkpoint (used to replay and verify a resume).
+    `pretrained` names the parameters loaded from elsewhere (`config.transfer.backbone_lr_mult`).
     """
     progress = progress or Progress(quiet=True)
     trackers = list(trackers)
@@ -157,11 +166,21 @@ def fit(
         raise ConfigError(f"the training data gives no batch of {config.batch_size} rows (drop_last with too few rows?)")
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
     state = TrainState(epochs=config.epochs)
-    optimizer = build_optimizer(config.optim, model.parameters())
+    transfer = TransferPlan(model, config.transfer, pretrained)
+    if transfer.active:
+        transfer.apply()
+    parameters = transfer.param_groups(config.optim.lr) if transfer.active else model.parameters()
+    optimizer = build_optimizer(config.optim, parameters)
     scheduler = build_scheduler(config.optim, optimizer, steps_per_epoch * state.epochs)
 
     if resume and checkpointer is not None:
-        restored = checkpointer.restore(model=model, optimizer=optimizer, scheduler=scheduler, loader=train_loader)
+        step = None
+        if transfer.unfreeze_epoch is not None and (saved := checkpointer.restore(restore_rng=False)) is not None:
+            # Unfrozen before that checkpoint: its optimizer state has the unfrozen groups too.
+            transfer.load_state_dict(saved.extra.get("transfer"), optimizer, scheduler)
+            step = saved.step
+        restored = checkpointer.restore(model=model, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
+                                        step=step)
         if restored is not None:
             state = TrainState.from_dict(restored.extra["train_state"])
             progress.message(f"resumed from {restored.name} (epoch {train_loader.epoch + 1}, "
@@ -184,7 +203,7 @@ def fit(
         if valid_loader is None:
             return
         metrics = evaluate(model, loss_fn, valid_loader, metrics_fn, device)
-        model.train()
+        train_mode()
         state.last_valid = metrics
         log_event({"split": "valid", "epoch": train_loader.epoch, **metrics})
         value = metrics.get(monitor)
@@ -210,12 +229,19 @@ def fit(
         checkpointer.save(
             state.step, model=model, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
             epoch=train_loader.epoch, metrics={f"valid_{k}": v for k, v in state.last_valid.items()},
-            extra={"train_state": state.to_dict()},
+            extra={"train_state": state.to_dict(), **({"transfer": transfer.state_dict()} if transfer.active else {})},
         )
         last_saved = state.step
 
-    model.train()
+    def train_mode() -> None:
+        model.train()
+        transfer.hold_frozen_norms()
+
+    train_mode()
     while train_loader.epoch < state.epochs and not state.stopped_early:
+        if unfrozen := transfer.maybe_unfreeze(train_loader.epoch, optimizer, scheduler):
+            progress.message(f"epoch {train_loader.epoch + 1}: unfroze {len(unfrozen)} parameter tensor(s)"
+                             f" ({', '.join(unfrozen[:4])}{', ...' if len(unfrozen) > 4 else ''})")
         progress.start_epoch(train_loader.epoch, state.epochs, batches_per_epoch, done=train_loader.position)
         started = time.perf_counter()
         window_loss, window_batches, window_rows, window_start = torch.zeros((), device=device), 0, 0, started

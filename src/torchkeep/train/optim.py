@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -35,8 +36,10 @@ class OptimConfig:
             raise ConfigError(f"optim.warmup_fraction must be in (0, 1) (got {self.warmup_fraction})")
 
 
-def build_optimizer(config: OptimConfig, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    params = [p for p in parameters if p.requires_grad]
+def build_optimizer(config: OptimConfig, parameters: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
+                    ) -> torch.optim.Optimizer:
+    """Over the parameters that need gradients, or over param groups (dicts with their own "lr")."""
+    params: list[Any] = [p for p in parameters if isinstance(p, dict) or p.requires_grad]
     match config.optimizer:
         case "adamw":
             return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -53,7 +56,8 @@ def build_scheduler(
     match config.schedule:
         case "onecycle":
             return torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=config.lr, total_steps=max(total_steps, 2), pct_start=config.warmup_fraction
+                # One peak per param group: each group's own base rate (transfer learning scales some).
+                optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=max(total_steps, 2), pct_start=config.warmup_fraction
             )
         case "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
