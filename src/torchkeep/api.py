@@ -396,8 +396,9 @@ def _replay_and_compare(storage: Any, run_dir: str, copy: Any, scratch: str, fro
     from torchkeep.checkpoint import tensors as tensor_files
     from torchkeep.checkpoint.manager import MODEL_FILE, STATE_TENSORS_FILE
 
-    for key in ("config.json", "schema.json", "model.json", "run.json"):
-        copy.write(key, storage.read(key))
+    for key in ("config.json", "schema.json", "model.json", "run.json", "transfer.json"):
+        if key != "transfer.json" or storage.exists(key):  # transfer.json: only runs started from other weights
+            copy.write(key, storage.read(key))
     # The replay is a self-test, not a run: no TensorBoard run or W&B run for it (JSONL only).
     config = json.loads(storage.read("config.json"))
     config["track"] = {"trackers": ["jsonl"]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -49,3 +51,15 @@ def test_bad_transfer_settings_are_one_line_and_leave_no_run(torchkeep, flights_
     assert result.stderr.startswith("error: ") and expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_verify_resume_holds_for_a_run_unfrozen_midway(torchkeep, flights_csv, pretrained, tmp_path):
+    result = torchkeep("train", "--data", flights_csv, "--epochs", 2, "--run-dir", "gradual", "--init-from", "base",
+                       "--freeze", "mlp.*", "--unfreeze-at", 2, "--backbone-lr-mult", 0.5,
+                       "--checkpoint-every-steps", 4, *COMMON, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # 9 batches an epoch: the last two checkpoints (16, 18) are after the unfreeze at step 9.
+    report = torchkeep("checkpoints", "gradual", "--verify-resume", "--json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    verified = json.loads(report.stdout)
+    assert verified["identical"] is True and verified["from_step"] > 9

@@ -1,0 +1,146 @@
+"""Transfer learning: does a model pretrained on one part of the data learn another part faster?
+
+  pretrain     torchkeep.train on part A (all of it), default settings and --pretrain-epochs
+  scratch      torchkeep.train on a small training sample of part B, from random weights
+  frozen       the same, --init-from the pretrained run with everything but the head frozen
+               (--freeze 'embeddings.*,continuous_norm.*,mlp.*')
+  lr-mult      the same, --init-from the pretrained run, everything trains, --backbone-lr-mult 0.1
+
+All three fine-tuning variants get the same epochs, batch size, learning rate, schedule and
+validation set (the rest of part B, given as valid_path), so their curves are comparable epoch by
+epoch. Printed: the validation metric after every epoch (median over --seeds) side by side, and for
+each transferred variant the first epoch at which it reaches the from-scratch run's final value.
+
+--dataset picks the parts. flights (the built-in table): A = months 1-9, B = months 10-12, `month`
+dropped from both (its levels do not overlap). Another dataset is one function returning Parts
+(e.g. digits 0-4 -> 5-9 once image data exists) and a line in DATASETS.
+
+Run: .venv/bin/python bench/transfer.py [--dataset flights] [--finetune-rows 1500] [--epochs 10] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, table  # noqa: E402
+
+import torchkeep  # noqa: E402
+
+
+@dataclass
+class Parts:
+    description: str
+    target: str
+    pretrain: pl.DataFrame
+    finetune: pl.DataFrame  # the small training sample of part B
+    valid: pl.DataFrame  # the rest of part B
+    backbone: list[str]  # parameter globs frozen in the "frozen" variant
+    monitor: str  # validation metric compared
+    settings: dict[str, object] = field(default_factory=dict)  # passed to every torchkeep.train call
+
+
+def flights_parts(args: argparse.Namespace) -> Parts:
+    from torchkeep.data.builtin import get_example
+
+    frame = pl.read_parquet(get_example("flights").path)
+    part_a = frame.filter(pl.col("month") <= 9)
+    part_b = frame.filter(pl.col("month") >= 10).sample(fraction=1.0, shuffle=True, seed=0)
+    return Parts(
+        description=(f"flights: pretrain on months 1-9 ({part_a.height:,} rows); fine-tune on {args.finetune_rows:,}"
+                     f" rows of months 10-12, validated on the other {part_b.height - args.finetune_rows:,}"),
+        target="late",
+        pretrain=part_a.drop("month"),
+        finetune=part_b.head(args.finetune_rows).drop("month"),
+        valid=part_b.slice(args.finetune_rows).drop("month"),
+        backbone=["embeddings.*", "continuous_norm.*", "mlp.*"],
+        monitor="roc_auc",
+    )
+
+
+DATASETS: dict[str, Callable[[argparse.Namespace], Parts]] = {"flights": flights_parts}
+
+
+def valid_curve(run_dir: Path, monitor: str) -> list[float]:
+    """The monitored validation metric after each epoch, from the run's metrics.jsonl."""
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [event[monitor] for event in events if event.get("split") == "valid"]
+
+
+def first_epoch_reaching(curve: list[float], value: float) -> int | None:
+    return next((epoch for epoch, got in enumerate(curve, start=1) if got >= value), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="flights")
+    parser.add_argument("--finetune-rows", type=int, default=1_500, help="training rows of part B (default 1500)")
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs, every variant (default 10)")
+    parser.add_argument("--pretrain-epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256, help="fine-tuning batch size (default 256)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per variant; curves are medians (default 3)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    parts = DATASETS[args.dataset](args)
+    print(parts.description)
+    print(environment())
+    common = {"target": parts.target, "threads": args.threads, "quiet": True, **parts.settings}
+    variants = {
+        "scratch": {},
+        "frozen": {"init_from": "PRETRAINED", "freeze": parts.backbone},
+        "lr-mult": {"init_from": "PRETRAINED", "backbone_lr_mult": 0.1},
+    }
+    curves: dict[str, list[list[float]]] = {name: [] for name in variants}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory(prefix="torchkeep-transfer-") as root:
+        base = Path(root)
+        paths = {}
+        for name in ("pretrain", "finetune", "valid"):
+            paths[name] = base / f"{name}.parquet"
+            getattr(parts, name).write_parquet(paths[name])
+        started = time.perf_counter()
+        pretrained = torchkeep.train(str(paths["pretrain"]), run_dir=str(base / "pretrained"),
+                                     epochs=args.pretrain_epochs, **common)
+        print(f"pretrained: {args.pretrain_epochs} epochs, {time.perf_counter() - started:.1f} s, validation"
+              f" {parts.monitor} {pretrained.valid[parts.monitor]:.4f} (on part A)")
+        for seed in range(args.seeds):
+            for name, extra in variants.items():
+                extra = {k: (str(base / "pretrained") if v == "PRETRAINED" else v) for k, v in extra.items()}
+                run_dir = base / f"{name}-{seed}"
+                started = time.perf_counter()
+                torchkeep.train(str(paths["finetune"]), valid_path=str(paths["valid"]), run_dir=str(run_dir),
+                                epochs=args.epochs, batch_size=args.batch_size, seed=seed, **common, **extra)
+                seconds[name].append(time.perf_counter() - started)
+                curves[name].append(valid_curve(run_dir, parts.monitor))
+
+    medians = {name: [statistics.median(values) for values in zip(*runs, strict=True)] for name, runs in curves.items()}
+    print(f"\nvalidation {parts.monitor} after each fine-tuning epoch (median of {args.seeds} seeds;"
+          f" {args.epochs} epochs, batch {args.batch_size}, same budget for every variant):")
+    rows = [[epoch, *(f"{medians[name][epoch - 1]:.4f}" for name in variants)] for epoch in range(1, args.epochs + 1)]
+    rows.append(["s/run", *(f"{statistics.median(seconds[name]):.1f}" for name in variants)])
+    print(table(["epoch", *variants], rows))
+    target = medians["scratch"][-1]
+    print(f"\nfrom scratch, final (epoch {args.epochs}): {parts.monitor} {target:.4f}")
+    for name in variants:
+        if name == "scratch":
+            continue
+        reached = first_epoch_reaching(medians[name], target)
+        per_seed = [first_epoch_reaching(curve, runs[-1]) for curve, runs in zip(curves[name], curves["scratch"], strict=True)]
+        shown = ", ".join("never" if e is None else str(e) for e in per_seed)
+        print(f"{name}: reaches it at epoch {reached if reached is not None else 'never'} (median curve);"
+              f" per seed vs that seed's scratch run: {shown}")
+
+
+if __name__ == "__main__":
+    main()
