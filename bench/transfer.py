@@ -33,9 +33,9 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, table  # noqa: E402
+from _common import environment, table
 
-import torchkeep  # noqa: E402
+import torchkeep
 
 
 @dataclass
@@ -94,7 +94,7 @@ def main() -> None:
 
     parts = DATASETS[args.dataset](args)
     print(parts.description)
-    print(environment())
+    print(f"{environment()}; every run uses --threads {args.threads}")
     common = {"target": parts.target, "threads": args.threads, "quiet": True, **parts.settings}
     variants = {
         "scratch": {},
@@ -114,6 +114,8 @@ def main() -> None:
                                      epochs=args.pretrain_epochs, **common)
         print(f"pretrained: {args.pretrain_epochs} epochs, {time.perf_counter() - started:.1f} s, validation"
               f" {parts.monitor} {pretrained.valid[parts.monitor]:.4f} (on part A)")
+        as_is = torchkeep.load(str(base / "pretrained")).evaluate(str(paths["valid"]))[parts.monitor]
+        print(f"the pretrained model as it is, no fine-tuning, on part B's validation rows: {parts.monitor} {as_is:.4f}")
         for seed in range(args.seeds):
             for name, extra in variants.items():
                 extra = {k: (str(base / "pretrained") if v == "PRETRAINED" else v) for k, v in extra.items()}

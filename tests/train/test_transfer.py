@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import torchkeep
+from torchkeep.data.table import TableSchema
 from torchkeep.errors import CheckpointError
 from torchkeep.models.build import build_model
+from torchkeep.models.tabular_transfer import level_aligner
 from torchkeep.train.optim import OptimConfig, build_optimizer, build_scheduler
 from torchkeep.train.progress import Progress
 from torchkeep.train.transfer import TransferConfig, TransferPlan, load_pretrained
@@ -113,7 +115,7 @@ def test_a_pth_that_holds_pickled_code_is_refused_and_nothing_is_loaded(tables, 
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
-def test_a_different_target_skips_the_head_and_loads_the_rest(tables, tmp_path) -> None:
+def test_a_different_target_skips_the_head_and_moves_first_layer_columns_with_their_inputs(tables, tmp_path) -> None:
     run_dir = tmp_path / "carrier"
     stream = io.StringIO()
     torchkeep.train(str(tables["finetune"]), run_dir=str(run_dir), epochs=1, init_from=str(tables["pretrained"]),
@@ -121,13 +123,33 @@ def test_a_different_target_skips_the_head_and_loads_the_rest(tables, tmp_path) 
                     **{**SETTINGS, "target": "carrier", "quiet": False})
     report = json.loads((run_dir / "transfer.json").read_text())
     skipped = {name: (have, want) for name, have, want in report["skipped"]}
-    assert skipped["head.weight"] == ([1, 16], [4, 16]) and skipped["head.bias"] == ([1], [4])
-    # carrier became the target and late a feature: the first layer's input differs too.
-    assert "mlp.0.weight" in skipped
-    assert "mlp.2.weight" in report["loaded"] and "embeddings.0.weight" in report["loaded"]
+    assert skipped == {"head.weight": ([1, 16], [4, 16]), "head.bias": ([1], [4])}
+    assert {"mlp.0.weight", "mlp.2.weight", "embeddings.0.weight"} <= set(report["loaded"])
     printed = stream.getvalue()
     assert "head.weight (1, 16) -> model (4, 16)" in printed
-    assert f"loaded {len(report['loaded'])}, skipped {len(report['skipped'])}" in printed
+    assert f"loaded {len(report['loaded'])}, skipped 2" in printed and "first layer: input columns of" in printed
+
+    # carrier became the target and late a feature: the inputs after them moved, and so did their
+    # columns of the first layer. Load again into a fresh model of this run to look.
+    schema = TableSchema.from_dict(json.loads((run_dir / "schema.json").read_text()))
+    args = json.loads((run_dir / "model.json").read_text())["args"]
+    model = build_model("entity_embedding_mlp", args)
+    load_pretrained(model, str(tables["pretrained"]), adapt=level_aligner(schema))
+    source = bundle_weights(tables["pretrained"])
+    source_schema = TableSchema.from_dict(json.loads((tables["pretrained"] / "schema.json").read_text()))
+    source_dims = [int(source[f"embeddings.{i}.weight"].shape[1]) for i in range(len(source_schema.categorical))]
+
+    def dep_delay_input(table_schema: TableSchema, dims: list[int]) -> int:
+        position = sum(dims)
+        for column in table_schema.continuous:
+            if column.name == "dep_delay":
+                return position
+            position += 1 + column.missing_indicator
+        raise AssertionError("no dep_delay input")
+
+    moved_to, moved_from = dep_delay_input(schema, args["embedding_dims"]), dep_delay_input(source_schema, source_dims)
+    assert moved_to != moved_from
+    assert torch.equal(model.mlp[0].weight[:, moved_to], source["mlp.0.weight"][:, moved_from])
 
 
 def test_unfreeze_at_trains_frozen_weights_from_that_epoch_on(tables, tmp_path) -> None:

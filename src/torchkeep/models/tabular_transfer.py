@@ -51,12 +51,38 @@ def embedding_dims(pretrained: Pretrained, config: TabularModelConfig, schema: T
     return {**dims, **config.embedding_dims}
 
 
+def _inputs(schema: TableSchema, dims: list[int]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Where each input sits in the first layer's input: (part, column) -> (offset, width)."""
+    layout, offset = {}, 0
+    for column, dim in zip(schema.categorical, dims, strict=True):
+        layout["embedding", column.name], offset = (offset, dim), offset + dim
+    for column in schema.continuous:
+        layout["value", column.name], offset = (offset, 1), offset + 1
+        if column.missing_indicator:
+            layout["missing", column.name], offset = (offset, 1), offset + 1
+    return layout
+
+
+def _copy_inputs(source: torch.Tensor, fresh: torch.Tensor, source_layout: dict, layout: dict, dim: int,
+                 shift: int = 0) -> tuple[torch.Tensor, int]:
+    """`fresh` with the slices (along `dim`) of inputs both layouts have copied from `source`."""
+    out, copied = fresh.detach().clone(), 0
+    for key, (offset, width) in layout.items():
+        if key in source_layout and source_layout[key][1] == width:
+            start = source_layout[key][0] - shift
+            out.narrow(dim, offset - shift, width).copy_(source.narrow(dim, start, width))
+            copied += 1
+    return out, copied
+
+
 def level_aligner(schema: TableSchema) -> Adapt:
-    """An `adapt` for `load_pretrained`: rewrites the source's embedding tables into this schema's order."""
+    """An `adapt` for `load_pretrained`: the source's embedding rows in this schema's level order, and
+    the first layer's input columns (and the continuous BatchNorm) in this schema's column order."""
 
     def adapt(pretrained: Pretrained, model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
         columns = _source_columns(pretrained)
-        if not columns:
+        old_schema = source_schema(pretrained)
+        if not columns or old_schema is None:
             return pretrained.weights, []
         state = model.state_dict()
         weights = {k: v for k, v in pretrained.weights.items() if not k.startswith(f"{PREFIX}.")}
@@ -67,20 +93,41 @@ def level_aligner(schema: TableSchema) -> Adapt:
                 continue
             source_index, source_levels = columns[column.name]
             source = pretrained.weights[f"{PREFIX}.{source_index}.weight"]
-            fresh = state[key]
-            if source.shape[1] != fresh.shape[1]:
+            rows = state[key].detach().clone()
+            if source.shape[1] != rows.shape[1]:
                 weights[key] = source  # reported as skipped: the sizes differ
                 continue
-            rows = fresh.detach().clone()
             position = {level: i + 1 for i, level in enumerate(source_levels)}
             pairs = [(i + 1, position[level]) for i, level in enumerate(column.levels) if level in position]
             if model.get_submodule(f"{PREFIX}.{index}").padding_idx != 0:  # a fixed zero row stays zero
                 pairs.append((0, 0))
-            target_rows, source_rows = (torch.tensor(side) for side in zip(*pairs, strict=True))
-            rows[target_rows] = source[source_rows].to(rows.dtype)
+            if pairs:
+                target_rows, source_rows = (torch.tensor(side) for side in zip(*pairs, strict=True))
+                rows[target_rows] = source[source_rows].to(rows.dtype)
             weights[key] = rows
             notes.append(f"{column.name} {len(position.keys() & set(column.levels))}/{len(column.levels)}")
         lines = ["embedding rows copied by level (levels known to both runs / levels): " + ", ".join(notes)] if notes else []
+        # The first layer reads [embeddings..., continuous inputs...]: its weight columns follow the
+        # columns by name, wherever a changed target or column set moved them.
+        try:
+            source_dims = [int(pretrained.weights[f"{PREFIX}.{i}.weight"].shape[1]) for i in range(len(old_schema.categorical))]
+        except KeyError:
+            return weights, lines
+        dims = [int(state[f"{PREFIX}.{i}.weight"].shape[1]) for i in range(len(schema.categorical))]
+        source_layout, layout = _inputs(old_schema, source_dims), _inputs(schema, dims)
+        first = weights.get("mlp.0.weight")
+        if first is not None and "mlp.0.weight" in state and first.shape[0] == state["mlp.0.weight"].shape[0] \
+                and first.shape[1] == sum(w for _, w in source_layout.values()):
+            weights["mlp.0.weight"], copied = _copy_inputs(first, state["mlp.0.weight"], source_layout, layout, dim=1)
+            lines.append(f"first layer: input columns of {copied} of {len(layout)} inputs from the pretrained run")
+        # The continuous BatchNorm is per continuous input: same mapping, offsets after the embeddings.
+        source_shift, shift = sum(source_dims), sum(dims)
+        source_numbers = {k: (o - source_shift, w) for k, (o, w) in source_layout.items() if k[0] != "embedding"}
+        numbers = {k: (o - shift, w) for k, (o, w) in layout.items() if k[0] != "embedding"}
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            key = f"continuous_norm.{name}"
+            if key in weights and key in state and weights[key].shape[0] == len(source_numbers):
+                weights[key] = _copy_inputs(weights[key], state[key], source_numbers, numbers, dim=0)[0]
         return weights, lines
 
     return adapt
