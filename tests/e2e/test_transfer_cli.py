@@ -63,3 +63,17 @@ def test_verify_resume_holds_for_a_run_unfrozen_midway(torchkeep, flights_csv, p
     assert report.returncode == 0, report.stderr
     verified = json.loads(report.stdout)
     assert verified["identical"] is True and verified["from_step"] > 9
+
+
+def test_transfer_settings_from_toml(torchkeep, flights_csv, pretrained, tmp_path):
+    (tmp_path / "tune.toml").write_text(
+        f'[data]\npath = "{flights_csv}"\n\n[train.transfer]\ninit_from = "base"\nfreeze = ["embeddings.*"]\n'
+        'backbone_lr_mult = 0.5\nrename = {"unused." = "nothing."}\n')
+    result = torchkeep("train", "tune.toml", "--epochs", 1, "--run-dir", "tuned", *COMMON, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "tuned" / "config.json").read_text())["train"]["transfer"]
+    assert saved["freeze"] == ["embeddings.*"] and saved["backbone_lr_mult"] == 0.5
+    assert saved["init_from"] == str(tmp_path / "base")  # made absolute: a restart finds it from anywhere
+    before = load_file(pretrained / "bundle" / "model.safetensors")
+    after = load_file(tmp_path / "tuned" / "bundle" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("embeddings."))

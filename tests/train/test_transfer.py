@@ -256,3 +256,35 @@ def test_nothing_in_common_is_an_error_that_names_both_sides_and_a_rename_map_fi
     report = load_pretrained(model, str(tmp_path / "other.safetensors"), rename={"features.0.": "mlp.0."})
     assert report.loaded == ["mlp.0.weight"] and report.pretrained_parameters == ["mlp.0.weight"]
     assert torch.equal(model.mlp[0].weight, torch.ones(8, 9)) and "head.weight" in report.new
+
+
+def test_init_from_s3_a_run_directory_and_a_pth(tables, s3, tmp_path) -> None:
+    bucket = s3.new_bucket()
+    client = s3.client()
+    for path in tables["pretrained"].rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"runs/pretrained/{path.relative_to(tables['pretrained'])}")
+    weights = bundle_weights(tables["pretrained"])
+    torch.save({"state_dict": weights}, tmp_path / "weights.pth")
+    client.upload_file(str(tmp_path / "weights.pth"), bucket, "files/weights.pth")
+
+    for source, kind in ((f"s3://{bucket}/runs/pretrained", "bundle"), (f"s3://{bucket}/files/weights.pth", "pth")):
+        model = build_model("entity_embedding_mlp",
+                            json.loads((tables["pretrained"] / "model.json").read_text())["args"])
+        report = load_pretrained(model, source)
+        assert (report.kind, report.source, sorted(report.loaded)) == (kind, source, sorted(weights))
+        assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights)
+
+
+def test_a_run_without_a_bundle_gives_its_newest_valid_checkpoint(tables, tmp_path) -> None:
+    copy = tmp_path / "unfinished"
+    shutil.copytree(tables["pretrained"], copy)
+    shutil.rmtree(copy / "bundle")
+    checkpoints = sorted((copy / "checkpoints").glob("step-*"))
+    newest = checkpoints[-1]
+    (newest / "model.safetensors").write_bytes(b"truncated")  # fails its manifest: skipped
+    model = build_model("entity_embedding_mlp", json.loads((copy / "model.json").read_text())["args"])
+    report = load_pretrained(model, str(copy))
+    assert report.kind == f"checkpoint {checkpoints[-2].name}"
+    expected = load_file(checkpoints[-2] / "model.safetensors")
+    assert all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
