@@ -41,7 +41,8 @@ from torchkeep.train.loop import fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.train.progress import Progress
 from torchkeep.train.state import TrainState, seed_everything
-from torchkeep.train.transfer import Pretrained, load_pretrained, match_patterns, read_pretrained
+from torchkeep.models.tabular_transfer import level_aligner, read_init_from
+from torchkeep.train.transfer import Pretrained, check_transfer, load_pretrained
 
 log = logging.getLogger("torchkeep")
 
@@ -193,11 +194,13 @@ def train(
         train_config = dataclasses.replace(config.train, monitor=config.train.monitor or monitor,
                                            monitor_mode=config.train.monitor_mode or (mode if not config.train.monitor else None))
         config = dataclasses.replace(config, train=train_config)
-        pretrained, config = _read_init_from(config, schema)
+        pretrained, config = read_init_from(config, schema)
         model_args = tabular_model_args(config.model, schema)
         # Transformed before anything is written: bad data leaves no run directory behind.
         train_tensors, valid_tensors = _transform_splits(schema, train_frame, valid_frame, config, source)
-        transfer_report = _check_transfer(config, model_args, schema, pretrained)
+        # Also checked before: freeze patterns, and what init_from loads (on a scratch model).
+        transfer_report = check_transfer(config.train.transfer, lambda: build_model(ARCHITECTURE, model_args),
+                                         pretrained, level_aligner(schema))
         storage = open_storage(run_dir)
         if transfer_report is not None:
             _write_json(storage, "transfer.json", transfer_report)
@@ -253,44 +256,10 @@ def train(
     return RunResult(run_dir=run_dir, valid=valid, state=result.state, bundle=f"{run_dir.rstrip('/')}/bundle")
 
 
-def _read_init_from(config: RunConfig, schema: TableSchema) -> tuple[Pretrained | None, RunConfig]:
-    """The `init_from` weights, read before the run directory is made; shared categorical columns keep
-    the pretrained embedding sizes so that the layers after them fit too (models/tabular_transfer.py)."""
-    from torchkeep.models.tabular_transfer import embedding_dims
-
-    source = config.train.transfer.init_from
-    if source is None:
-        return None, config
-    if "://" not in source:
-        source = os.path.abspath(source)  # read again from anywhere if the run restarts before a checkpoint
-    pretrained = read_pretrained(source)
-    transfer = dataclasses.replace(config.train.transfer, init_from=source)
-    model = dataclasses.replace(config.model, embedding_dims=embedding_dims(pretrained, config.model, schema))
-    return pretrained, dataclasses.replace(config, model=model,
-                                           train=dataclasses.replace(config.train, transfer=transfer))
-
-
-def _check_transfer(config: RunConfig, model_args: dict[str, Any], schema: TableSchema,
-                    pretrained: Pretrained | None) -> dict[str, Any] | None:
-    """Freeze patterns checked and the init_from report made on a scratch model, before anything is written."""
-    from torchkeep.models.tabular_transfer import level_aligner
-
-    transfer = config.train.transfer
-    if not transfer.freeze and pretrained is None:
-        return None
-    model = build_model(ARCHITECTURE, model_args)
-    match_patterns(transfer.freeze, [name for name, _ in model.named_parameters()])
-    if pretrained is None:
-        return None
-    return load_pretrained(model, pretrained, rename=transfer.rename, adapt=level_aligner(schema)).to_dict()
-
-
 def _init_from(model: torch.nn.Module, config: RunConfig, schema: TableSchema, storage: Any,
                checkpointer: Checkpointer, progress: Progress, resuming: bool, pretrained: Pretrained | None,
                ) -> list[str]:
     """Load `init_from` when a run starts (not on resume: the checkpoint wins); the pretrained names."""
-    from torchkeep.models.tabular_transfer import level_aligner
-
     transfer = config.train.transfer
     if transfer.init_from is None:
         return []

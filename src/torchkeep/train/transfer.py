@@ -236,6 +236,19 @@ def load_pretrained(model: nn.Module, source: str | Pretrained, *, rename: dict[
     return report
 
 
+def check_transfer(config: TransferConfig, build: Callable[[], nn.Module], pretrained: Pretrained | None,
+                   adapt: Adapt | None = None) -> dict[str, Any] | None:
+    """Before a run writes anything: its freeze patterns match, and what `init_from` would load into a
+    scratch model from `build()` (the report, or None without init_from)."""
+    if not config.freeze and pretrained is None:
+        return None
+    model = build()
+    match_patterns(config.freeze, [name for name, _ in model.named_parameters()])
+    if pretrained is None:
+        return None
+    return load_pretrained(model, pretrained, rename=config.rename, adapt=adapt).to_dict()
+
+
 # -- freezing, param groups, unfreezing ----------------------------------------------------------
 
 
