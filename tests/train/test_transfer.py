@@ -288,3 +288,9 @@ def test_a_run_without_a_bundle_gives_its_newest_valid_checkpoint(tables, tmp_pa
     assert report.kind == f"checkpoint {checkpoints[-2].name}"
     expected = load_file(checkpoints[-2] / "model.safetensors")
     assert all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
+
+
+def test_backbone_lr_mult_without_pretrained_weights_warns(caplog) -> None:
+    with caplog.at_level("WARNING", logger="torchkeep"):
+        TransferPlan(small_model(), TransferConfig(backbone_lr_mult=0.1))
+    assert "backbone_lr_mult 0.1 changes nothing: no parameter was loaded" in caplog.text

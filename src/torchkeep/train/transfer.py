@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ import torch
 from torch import nn
 
 from torchkeep.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("torchkeep")
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin")
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model")  # where checkpoint dicts keep the weights
@@ -277,6 +280,9 @@ class TransferPlan:
         self.unfrozen = False
         if self.frozen and len(self.frozen) == len(self.names):
             raise ConfigError(f"--freeze {', '.join(config.freeze)} freezes every parameter: nothing would train")
+        if self.mult != 1.0 and not self.pretrained:
+            log.warning("backbone_lr_mult %s changes nothing: no parameter was loaded from pretrained weights"
+                        " (init_from, or fit(..., pretrained=names))", self.mult)
 
     @property
     def active(self) -> bool:
