@@ -28,6 +28,7 @@ import torch
 
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.config import RunConfig
+from torchkeep.custom import TensorPredictor, is_own_run, load_own_model
 from torchkeep.data.builtin import get_example
 from torchkeep.data.io import as_frame, read_table
 from torchkeep.data.loader import BatchLoader
@@ -147,6 +148,9 @@ def train(
         if overrides or target is not None or config is not None:
             raise ConfigError("a resumed run keeps its saved config; pass only the run directory (and data if it was a frame)")
         storage = open_storage(resume)
+        if is_own_run(storage):
+            raise ConfigError(f"{resume}: a run of your own model; continue it with torchkeep.fit(model, data,"
+                              f" run_dir={resume!r}, resume=True)")
         config = RunConfig.from_dict(_read_json(storage, "config.json", resume), source=f"{resume}/config.json")
         if not storage.exists("run.json"):  # stopped while being set up: nothing trained, start it over
             progress.message(f"{resume}: the run stopped before training began; starting it from its saved config")
@@ -281,9 +285,13 @@ class Predictor:
         return evaluate_tensors(self.model, self.schema, tensors)
 
 
-def load(path: str) -> Predictor:
-    """A Predictor from a bundle directory, or a run directory (its bundle, else its newest valid checkpoint)."""
+def load(path: str) -> Predictor | TensorPredictor:
+    """A Predictor from a bundle directory, or a run directory (its bundle, else its newest valid checkpoint).
+    A model trained with torchkeep.fit comes back as a TensorPredictor (tensors in, tensors out)."""
     storage = open_storage(path)
+    own = load_own_model(storage, path)
+    if own is not None:
+        return own
     if storage.exists("bundle/bundle.json"):
         model, schema, meta = read_bundle(storage, "bundle")
     elif storage.exists("bundle.json"):
