@@ -99,17 +99,21 @@ def _tensors(data: Any, what: str) -> tuple[dict[str, torch.Tensor], bool]:
     return {INPUT: _tensor(inputs, f"{what}[0]"), TARGET: _tensor(target, f"{what}[1]")}, True
 
 
-def _from_dataloader(loader: DataLoader, what: str, seed: int) -> DatasetLoader:
+def _from_dataloader(loader: DataLoader, what: str, seed: int, shuffle: bool) -> Any:
+    """The DataLoader as a DatasetLoader. For validation (`shuffle=False`) in order, whatever its sampler;
+    a torch DataLoader would draw its workers' base seed from the global RNG at every validation."""
     sampler = loader.sampler
     random_ok = isinstance(sampler, RandomSampler) and not sampler.replacement and sampler._num_samples is None
     if loader.batch_size is None or type(loader.batch_sampler) is not BatchSampler or not (
             random_ok or isinstance(sampler, SequentialSampler)):
+        if not shuffle:
+            return loader  # a sampler of its own: validation just iterates it
         raise ConfigError(f"{what}: a DataLoader with its own sampler or batch_sampler cannot be rebuilt to resume"
                           " exactly; pass its Dataset (and batch_size=...) instead")
     if loader.worker_init_fn is not None:
         log.warning("%s: the DataLoader's worker_init_fn is not used (torchkeep seeds and restores the workers)", what)
     return DatasetLoader(
-        loader.dataset, loader.batch_size, shuffle=isinstance(sampler, RandomSampler), seed=seed,
+        loader.dataset, loader.batch_size, shuffle=shuffle and isinstance(sampler, RandomSampler), seed=seed,
         drop_last=loader.drop_last, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
         persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor,
         collate_fn=loader.collate_fn,
@@ -145,7 +149,7 @@ def prepare(data: Any, *, what: str, batch_size: int, shuffle: bool, seed: int, 
             raise ConfigError(f"{what}: a DataLoader over an IterableDataset cannot resume exactly; use a map-style Dataset")
         if shuffle and explicit_batch_size and data.batch_size != batch_size:
             raise ConfigError(f"{what}: batch_size={batch_size} given, but the DataLoader's is {data.batch_size}")
-        loader: Any = _from_dataloader(data, what, seed) if shuffle else data  # validation just iterates it
+        loader: Any = _from_dataloader(data, what, seed, shuffle)
         sample = _peek(data.dataset, data.collate_fn, what, min(data.batch_size or 1, PEEK_ROWS))
         rows, size, kind = len(data.dataset), data.batch_size or 1, "dataloader"  # type: ignore[arg-type]
     elif isinstance(data, IterableDataset):
