@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from own_models import Opaque, SmallImageNet, Widths, blobs
 from safetensors.torch import load_file, save_file
 
 import torchkeep
-from own_models import Opaque, SmallImageNet, Widths, blobs
 from torchkeep.errors import CheckpointError, ConfigError, DataError
 from torchkeep.export.exporter import export
 
@@ -36,7 +36,7 @@ def python(code: str, *, with_models: bool, cwd: Path) -> subprocess.CompletedPr
     """Run `code` in a fresh interpreter, with or without the models' module on PYTHONPATH."""
     paths = [os.environ.get("PYTHONPATH", "")] + ([str(HERE)] if with_models else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_load_rebuilds_the_model_by_import_path_in_another_process(trained, tmp_path: Path) -> None:
@@ -63,13 +63,13 @@ def test_without_the_class_on_the_path_one_line_names_the_import_path(trained, t
     assert "torchkeep export RUN --format pt2|onnx|torchscript" in done.stderr
 
     cli = subprocess.run([sys.executable, "-m", "torchkeep", "predict", str(run_dir), "--data", "x.csv", "--out", "y.csv"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert cli.returncode == 2
     assert cli.stderr.startswith("error: cannot import the model class own_models:SmallImageNet") and cli.stderr.count("\n") == 1
 
 
 def test_predict_checks_the_inputs_against_the_training_tensors(trained) -> None:
-    run_dir, result = trained
+    run_dir, _ = trained
     predictor = torchkeep.load(str(run_dir))
     images = blobs(10, seed=3)[0]
     assert torch.equal(predictor.predict(images.double()), predictor.predict(images))  # floats: cast to float32
@@ -131,7 +131,7 @@ def test_the_export_command_parity_checks_on_the_tensors_given(trained, tmp_path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(HERE)])}
     done = subprocess.run([sys.executable, "-m", "torchkeep", "export", str(run_dir), "--format", "pt2", "--out", "out",
                            "--data", "rows.safetensors"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "exported pt2: out/model.pt2" in done.stdout
     assert "on 30 rows of rows.safetensors" in done.stdout

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from own_models import BlobDataset, SmallImageNet, TwoInputs, blobs
 from torch.utils.data import DataLoader
 
 import torchkeep
-from own_models import BlobDataset, SmallImageNet, TwoInputs, blobs
 from torchkeep.errors import ConfigError, DataError
 from torchkeep.train.metrics import multiclass_metrics
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 
 import torch
+from own_models import SmallImageNet, blobs
 
 import torchkeep
-from own_models import SmallImageNet, blobs
 
 if __name__ == "__main__":
     torch.manual_seed(0)  # the initial weights: the same in every process
