@@ -5,10 +5,11 @@ __version__ = "0.1.0"
 from torchkeep.api import Predictor, RunResult, load, train
 from torchkeep.checkpoint import Checkpointer, Restored
 from torchkeep.config import CheckpointConfig, DataConfig, RunConfig, load_toml
-from torchkeep.custom import ModelRun, TensorPredictor, fit
+from torchkeep.custom import ModelRun, fit
 from torchkeep.data import BatchLoader, DatasetLoader, TableSchema
 from torchkeep.errors import CheckpointError, ConfigError, DataError, StorageError, TorchkeepError
 from torchkeep.models import EntityEmbeddingMLP, TabularModelConfig
+from torchkeep.tensor_predictor import TensorPredictor
 from torchkeep.train.loop import FitResult, TrainConfig, evaluate
 from torchkeep.train.optim import OptimConfig
 

@@ -28,7 +28,6 @@ import torch
 
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.config import RunConfig
-from torchkeep.custom import TensorPredictor, is_own_run, load_own_model
 from torchkeep.data.builtin import get_example
 from torchkeep.data.io import as_frame, read_table
 from torchkeep.data.loader import BatchLoader
@@ -37,6 +36,7 @@ from torchkeep.errors import CheckpointError, ConfigError, DataError
 from torchkeep.export.bundle import read_bundle, write_bundle
 from torchkeep.models.build import build_model, loss_for_task, tabular_model_args
 from torchkeep.storage import open_storage
+from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model
 from torchkeep.track import Tracker, build_trackers, close_trackers
 from torchkeep.train.loop import fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
@@ -320,6 +320,9 @@ def verify_resume(run_dir: str, from_step: int | None = None, scratch: str | Non
     from torchkeep.checkpoint import format as checkpoint_format
 
     storage = open_storage(run_dir)
+    if is_own_run(storage):
+        raise ConfigError(f"{run_dir}: a run of torchkeep.fit; the replay rebuilds only torchkeep train runs (their data"
+                          " is a file), a torchkeep.fit run's data lives in your script")
     _read_json(storage, "config.json", run_dir)
     steps = [i.step for i in checkpoint_format.list_checkpoints(storage) if i.status == "complete"]
     if from_step is None and len(steps) >= 2:
