@@ -121,6 +121,9 @@ def _fingerprint(prepared: Prepared, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_same_data(saved: dict[str, Any], found: dict[str, Any], run_dir: str) -> None:
+    if saved["kind"] != found["kind"]:  # their loaders save different positions
+        raise DataError(f"train_data: {found['kind']} now, but the run in {run_dir} started on {saved['kind']};"
+                        " resume needs the same kind of data")
     if saved["rows"] != found["rows"]:
         raise DataError(f"train_data: {found['rows']:,} rows, but the run in {run_dir} started on {saved['rows']:,};"
                         " resume needs the same data")
@@ -208,6 +211,8 @@ def fit(
     if existing:
         _check_same_data(_read_json(storage, "run.json")["data"], fingerprint, run_dir)
         model_spec = spec["args"]
+        if model_args is not None and model_args != model_spec["args"]:
+            raise ConfigError(f"{run_dir}: model_args were {model_spec['args']} when the run started, now {model_args}")
         if model_spec["import"] != import_path(type(model)):
             log.warning("%s was trained as %s; continuing it with %s", run_dir, model_spec["import"],
                         import_path(type(model)))

@@ -130,6 +130,8 @@ def test_resume_keeps_the_settings_and_the_data_of_the_run(tmp_path: Path) -> No
         torchkeep.fit(model(), data, run_dir=run_dir, resume=True, **{**SETTINGS, "epochs": 5})
     with pytest.raises(DataError, match="90 rows, but the run .* started on 100"):
         torchkeep.fit(model(), blobs(90, seed=0), run_dir=run_dir, resume=True, **SETTINGS)
+    with pytest.raises(DataError, match="dataset now, but the run .* started on tensors"):
+        torchkeep.fit(model(), BlobDataset(100, seed=0), run_dir=run_dir, resume=True, **SETTINGS)
     with pytest.raises(ConfigError, match="a run of your own model; continue it with torchkeep.fit"):
         torchkeep.train(resume=run_dir)
 
@@ -191,3 +193,16 @@ def test_settings_are_checked(tmp_path: Path) -> None:
         sampler = torch.utils.data.WeightedRandomSampler([1.0] * 64, 64)
         torchkeep.fit(model(), DataLoader(BlobDataset(64, 0), batch_size=8, sampler=sampler), run_dir=str(tmp_path / "e"))
     assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written for a refused run
+
+
+def test_settings_reach_the_loop_and_the_trackers(tmp_path: Path) -> None:
+    """Early stopping and TensorBoard by keyword: validation labels shifted by one class get worse as
+    training fits the true ones, so the run stops after one validation without improvement."""
+    pytest.importorskip("tensorboard")
+    images, labels = blobs(320, seed=0)
+    result = torchkeep.fit(model(), (images, labels), (images, (labels + 1) % 3), run_dir=str(tmp_path / "run"),
+                           early_stopping_patience=1, monitor="loss", trackers=["tensorboard"],
+                           **{**SETTINGS, "epochs": 6})
+    assert result.state.stopped_early and result.state.step == 2 * 10
+    assert result.state.best_step == 10  # and the model ends with the weights of that validation
+    assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
