@@ -13,6 +13,7 @@ The low-level loop is `torchkeep.train.loop.fit(model, loss_fn, loader, config=T
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -281,7 +282,9 @@ def _export_without_class(model: nn.Module, inputs: dict[str, Any], out: str) ->
     from torchkeep.export.tensors import export_module
 
     try:
-        result = export_module(model, inputs, {"import": import_path(type(model)), "args": None}, format="pt2", out=out)
+        # a copy: the export moves its model to the CPU and to eval mode, and the caller's stays as it is
+        result = export_module(copy.deepcopy(model), inputs, {"import": import_path(type(model)), "args": None},
+                               format="pt2", out=out)
     except TorchkeepError as error:
         log.warning("no class-free export either: %s", error)
         return
