@@ -1,10 +1,11 @@
-"""Seconds per training epoch on the full nycflights13 training split, batch 1024: torchkeep.fit()
+"""Seconds per training epoch on the full nycflights13 training split, batch 1024: the loop fit()
+(torchkeep.train.loop.fit)
 against the compute floor, interleaved round by round.
 
   floor            the default model (same init seed), AdamW + OneCycleLR as fit() builds them, stepped
                    in a bare zero_grad/forward/loss/backward/step/sched.step loop over a list of batch
                    dicts prepared before timing (same batch order as fit's epoch 0)
-  fit()            torchkeep.fit(model, BCEWithLogitsLoss, BatchLoader, TrainConfig(epochs=1)), no
+  fit()            train.loop.fit(model, BCEWithLogitsLoss, BatchLoader, TrainConfig(epochs=1)), no
                    validation loader, no checkpointer; wall clock of the call
   bare + BatchLoader   the floor's loop fed by torchkeep.BatchLoader (splits loader from fit overhead)
   bare + per-row   the floor's loop fed by a seed-style per-row polars DataLoader (num_workers=0), timed
@@ -39,6 +40,7 @@ from _common import (  # noqa: E402
 import torchkeep  # noqa: E402
 from torchkeep.models import TabularModelConfig  # noqa: E402
 from torchkeep.models.build import build_model, tabular_model_args  # noqa: E402
+from torchkeep.train import loop  # noqa: E402
 
 BATCH = 1024
 INIT_SEED = 0
@@ -88,7 +90,7 @@ class Bench:
         model, loader = self.model(), self.loader()
         config = torchkeep.TrainConfig(epochs=1, batch_size=BATCH, seed=0, log_every_steps=log_every_steps)
         start = time.perf_counter()
-        result = torchkeep.fit(model, self.loss_fn, loader, config=config, trackers=trackers)
+        result = loop.fit(model, self.loss_fn, loader, config=config, trackers=trackers)
         return time.perf_counter() - start, result.state.train_seconds, model
 
     def bare_batchloader(self) -> float:
@@ -279,7 +281,7 @@ def main() -> None:
     floor = median(times["floor"])
     summary = [
         ("compute floor (pre-batched tensors, bare loop)", f"{floor:.3f}", f"{len(bench.batches) * BATCH / floor:,.0f}", "1.000x"),
-        ("torchkeep.fit() + BatchLoader (wall clock of fit)", f"{median(times['fit']):.3f}",
+        ("train.loop.fit() + BatchLoader (wall clock of fit)", f"{median(times['fit']):.3f}",
          f"{train.height / median(times['fit']):,.0f}", f"{median(times['fit']) / floor:.3f}x"),
         ("  same, fit's own state.train_seconds", f"{median(times['fit_inner']):.3f}",
          f"{train.height / median(times['fit_inner']):,.0f}", f"{median(times['fit_inner']) / floor:.3f}x"),

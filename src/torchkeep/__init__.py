@@ -5,15 +5,17 @@ __version__ = "0.1.0"
 from torchkeep.api import Predictor, RunResult, load, train
 from torchkeep.checkpoint import Checkpointer, Restored
 from torchkeep.config import CheckpointConfig, DataConfig, RunConfig, load_toml
+from torchkeep.custom import ModelRun, fit
 from torchkeep.data import BatchLoader, DatasetLoader, TableSchema
 from torchkeep.errors import CheckpointError, ConfigError, DataError, StorageError, TorchkeepError
 from torchkeep.models import EntityEmbeddingMLP, TabularModelConfig
-from torchkeep.train.loop import FitResult, TrainConfig, evaluate, fit
+from torchkeep.tensor_predictor import TensorPredictor
+from torchkeep.train.loop import FitResult, TrainConfig, evaluate
 from torchkeep.train.optim import OptimConfig
 
 __all__ = [
     "BatchLoader", "CheckpointConfig", "CheckpointError", "Checkpointer", "ConfigError", "DataConfig",
-    "DataError", "DatasetLoader", "EntityEmbeddingMLP", "FitResult", "OptimConfig", "Predictor",
-    "Restored", "RunConfig", "RunResult", "StorageError", "TableSchema", "TabularModelConfig",
+    "DataError", "DatasetLoader", "EntityEmbeddingMLP", "FitResult", "ModelRun", "OptimConfig", "Predictor",
+    "Restored", "RunConfig", "RunResult", "StorageError", "TableSchema", "TabularModelConfig", "TensorPredictor",
     "TorchkeepError", "TrainConfig", "evaluate", "fit", "load", "load_toml", "train",
 ]

@@ -36,6 +36,7 @@ from torchkeep.errors import CheckpointError, ConfigError, DataError
 from torchkeep.export.bundle import read_bundle, write_bundle
 from torchkeep.models.build import build_model, loss_for_task, tabular_model_args
 from torchkeep.storage import open_storage
+from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model
 from torchkeep.track import Tracker, build_trackers, close_trackers
 from torchkeep.train.loop import fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
@@ -152,6 +153,9 @@ def train(
         if overrides or target is not None or config is not None:
             raise ConfigError("a resumed run keeps its saved config; pass only the run directory (and data if it was a frame)")
         storage = open_storage(resume)
+        if is_own_run(storage):
+            raise ConfigError(f"{resume}: a run of your own model; continue it with torchkeep.fit(model, data,"
+                              f" run_dir={resume!r}, resume=True)")
         config = RunConfig.from_dict(_read_json(storage, "config.json", resume), source=f"{resume}/config.json")
         if not storage.exists("run.json"):  # stopped while being set up: nothing trained, start it over
             progress.message(f"{resume}: the run stopped before training began; starting it from its saved config")
@@ -310,9 +314,13 @@ class Predictor:
         return evaluate_tensors(self.model, self.schema, tensors)
 
 
-def load(path: str) -> Predictor:
-    """A Predictor from a bundle directory, or a run directory (its bundle, else its newest valid checkpoint)."""
+def load(path: str) -> Predictor | TensorPredictor:
+    """A Predictor from a bundle directory, or a run directory (its bundle, else its newest valid checkpoint).
+    A model trained with torchkeep.fit comes back as a TensorPredictor (tensors in, tensors out)."""
     storage = open_storage(path)
+    own = load_own_model(storage, path)
+    if own is not None:
+        return own
     if storage.exists("bundle/bundle.json"):
         model, schema, meta = read_bundle(storage, "bundle")
     elif storage.exists("bundle.json"):
@@ -341,6 +349,9 @@ def verify_resume(run_dir: str, from_step: int | None = None, scratch: str | Non
     from torchkeep.checkpoint import format as checkpoint_format
 
     storage = open_storage(run_dir)
+    if is_own_run(storage):
+        raise ConfigError(f"{run_dir}: a run of torchkeep.fit; the replay rebuilds only torchkeep train runs (their data"
+                          " is a file), a torchkeep.fit run's data lives in your script")
     _read_json(storage, "config.json", run_dir)
     steps = [i.step for i in checkpoint_format.list_checkpoints(storage) if i.status == "complete"]
     if from_step is None and len(steps) >= 2:

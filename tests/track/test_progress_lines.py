@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import torchkeep
+from torchkeep.train.loop import fit
 from torchkeep.train.metrics import binary_metrics
 from torchkeep.train.progress import Progress
 
@@ -32,8 +33,8 @@ def fit_with(progress: Progress) -> None:
     y = (x.sum(1) > 0).float()
     train = torchkeep.BatchLoader({"x": x[:240], "target": y[:240]}, 32, shuffle=True, seed=0)
     valid = torchkeep.BatchLoader({"x": x[240:], "target": y[240:]}, 60, shuffle=False)
-    torchkeep.fit(Logistic(), nn.BCEWithLogitsLoss(), train, valid_loader=valid, metrics_fn=binary_metrics,
-                  config=torchkeep.TrainConfig(epochs=3, batch_size=32, log_every_steps=2), progress=progress)
+    fit(Logistic(), nn.BCEWithLogitsLoss(), train, valid_loader=valid, metrics_fn=binary_metrics,
+        config=torchkeep.TrainConfig(epochs=3, batch_size=32, log_every_steps=2), progress=progress)
 
 
 def test_one_line_per_epoch_when_not_a_terminal():

@@ -22,6 +22,7 @@ from torchkeep.errors import ConfigError, MissingExtraError, StorageError
 from torchkeep.storage import open_storage
 from torchkeep.track import Guarded, JsonlTracker, TrackConfig, build_trackers, close_trackers
 from torchkeep.track.events import scalars
+from torchkeep.train.loop import fit
 from torchkeep.train.metrics import binary_metrics
 
 EPOCHS, BATCH, LOG_EVERY = 2, 16, 2
@@ -60,8 +61,8 @@ def small_fit(trackers: list) -> torchkeep.FitResult:
     train = torchkeep.BatchLoader({"x": x[:160], "target": y[:160]}, BATCH, shuffle=True, seed=0)
     valid = torchkeep.BatchLoader({"x": x[160:], "target": y[160:]}, 64, shuffle=False)
     config = torchkeep.TrainConfig(epochs=EPOCHS, batch_size=BATCH, log_every_steps=LOG_EVERY)
-    return torchkeep.fit(Logistic(), nn.BCEWithLogitsLoss(), train, config=config, valid_loader=valid,
-                         metrics_fn=binary_metrics, trackers=trackers)
+    return fit(Logistic(), nn.BCEWithLogitsLoss(), train, config=config, valid_loader=valid,
+               metrics_fn=binary_metrics, trackers=trackers)
 
 
 @pytest.fixture(scope="module")

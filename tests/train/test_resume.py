@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import torchkeep
-from torchkeep import BatchLoader, Checkpointer, DatasetLoader, OptimConfig, TrainConfig, evaluate, fit
+from torchkeep import BatchLoader, Checkpointer, DatasetLoader, OptimConfig, TrainConfig, evaluate
+from torchkeep.train.loop import fit
 from torchkeep.train.metrics import multiclass_metrics
 from torchkeep.train.progress import Progress
 

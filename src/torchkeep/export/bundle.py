@@ -5,7 +5,9 @@
     MANIFEST.json      sizes and sha256 of both, written last
 
 It loads without the run that made it and without unpickling; the config names the architecture,
-so renaming or moving a model class in user code never breaks it.
+so renaming or moving a model class in user code never breaks it. A user's own model trained with
+`torchkeep.fit` is the exception: its bundle names the class by import path (architecture "python",
+models/imported.py), and loading it imports that module.
 """
 
 from __future__ import annotations
@@ -39,15 +41,19 @@ def versions() -> dict[str, str]:
 
 
 def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model_args: dict[str, Any],
-                 schema: TableSchema, metrics: dict[str, float], prefix: str = "") -> None:
+                 schema: TableSchema | None, metrics: dict[str, float], prefix: str = "",
+                 preprocessor: dict[str, Any] | None = None, task: str | None = None) -> None:
+    """`preprocessor` replaces the table one for a model without a TableSchema (`schema=None`): for a
+    user's own model, `{"kind": "tensors", ...}` describes the tensors it takes (see custom.py)."""
     base = f"{prefix}/" if prefix else ""
+    assert (schema is None) != (preprocessor is None), "a bundle has one preprocessor"
     meta = {
         "format": "torchkeep.bundle",
         "bundle_version": BUNDLE_VERSION,
         "architecture": architecture,
         "model_args": model_args,
-        "preprocessor": {"kind": "table", "schema": schema.to_dict()},
-        "task": schema.target.task if schema.target else None,
+        "preprocessor": preprocessor or {"kind": "table", "schema": schema.to_dict()},  # type: ignore[union-attr]
+        "task": task if schema is None else schema.target.task if schema.target else None,
         "metrics": metrics,
         "versions": versions(),
     }
@@ -62,8 +68,9 @@ def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model
     storage.write(f"{base}{MANIFEST}", json.dumps({"files": manifest}, indent=1).encode())
 
 
-def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, TableSchema, dict[str, Any]]:
-    """(model in eval mode, schema, bundle.json contents), every file checked against the manifest."""
+def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, TableSchema | None, dict[str, Any]]:
+    """(model in eval mode, schema, bundle.json contents), every file checked against the manifest.
+    The schema is None for a bundle of tensors in, tensors out (a user's own model)."""
     base = f"{prefix}/" if prefix else ""
     where = f"{storage.uri}/{prefix}".rstrip("/")
     try:
@@ -80,8 +87,12 @@ def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, TableSch
     meta = json.loads(files[BUNDLE_FILE])
     if meta.get("bundle_version") != BUNDLE_VERSION:
         raise CheckpointError(f"{where}: bundle_version {meta.get('bundle_version')!r}, expected {BUNDLE_VERSION}")
-    schema = TableSchema.from_dict(meta["preprocessor"]["schema"])
+    schema = TableSchema.from_dict(meta["preprocessor"]["schema"]) if meta["preprocessor"]["kind"] == "table" else None
     model = build_model(meta["architecture"], meta["model_args"])
-    model.load_state_dict(tensor_files.decode(files[WEIGHTS_FILE], f"{where}/{WEIGHTS_FILE}"))
+    try:
+        model.load_state_dict(tensor_files.decode(files[WEIGHTS_FILE], f"{where}/{WEIGHTS_FILE}"))
+    except RuntimeError as error:  # a user's class that changed since training: one line, not torch's essay
+        raise CheckpointError(f"{where}: the weights do not fit the model class any more:"
+                              f" {' '.join(line.strip() for line in str(error).splitlines()[:2])}") from None
     model.eval()
     return model, schema, meta

@@ -71,6 +71,10 @@ def export(source: str, *, format: str, out: str, data: str | None = None) -> Ex
     if format not in FORMAT_NAMES:
         raise ConfigError(f"unknown export format {format!r} (expected one of: {', '.join(FORMAT_NAMES)})")
     predictor = load(source)
+    if not hasattr(predictor, "schema"):  # a user's own model (torchkeep.fit): tensors in, tensors out
+        from torchkeep.export.tensors import export_own
+
+        return export_own(predictor, format=format, out=out, data=data)
     model, schema = predictor.model.cpu().eval(), predictor.schema
     architecture, model_args = _model_spec(source, predictor.meta)
     rows_from = parity_data(source, data)

@@ -41,8 +41,12 @@ def build_model(architecture: str, args: dict[str, Any]) -> nn.Module:
     match architecture:
         case "entity_embedding_mlp":
             return EntityEmbeddingMLP(**args)
+        case "python":  # a user's own class, {"import": "module:QualName", "args": {...}}: imported only here
+            from torchkeep.models.imported import rebuild
+
+            return rebuild(args)
         case _:
-            raise ConfigError(f"unknown model architecture {architecture!r} (known: entity_embedding_mlp)")
+            raise ConfigError(f"unknown model architecture {architecture!r} (known: entity_embedding_mlp, python)")
 
 
 def loss_for_task(task: str) -> nn.Module:

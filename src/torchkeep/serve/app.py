@@ -288,6 +288,11 @@ def serve(source: str, config: ServeConfig) -> None:
     import torchkeep
 
     predictor = torchkeep.load(source)
+    if isinstance(predictor, torchkeep.TensorPredictor):
+        from torchkeep.errors import ServeError
+
+        raise ServeError(f"{source}: a model trained with torchkeep.fit takes tensors and the server takes table rows;"
+                         f" serve an export of it (torchkeep export {source} --format onnx) with a runtime of your own")
     app = create_app(predictor, config)
     print(f"serving {source} ({predictor.task}) on http://{config.host}:{config.port}"
           f"  docs: http://{config.host}:{config.port}/docs", flush=True)

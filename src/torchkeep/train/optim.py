@@ -55,9 +55,13 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     match config.schedule:
         case "onecycle":
+            total_steps = max(total_steps, 2)
+            if float(config.warmup_fraction * total_steps) == 1:  # OneCycleLR divides by zero there (4 steps
+                total_steps += 1  # at 0.25): one step more in the schedule than the run takes, not a crash
             return torch.optim.lr_scheduler.OneCycleLR(
                 # One peak per param group: each group's own base rate (transfer learning scales some).
-                optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=max(total_steps, 2), pct_start=config.warmup_fraction
+                optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps,
+                pct_start=config.warmup_fraction,
             )
         case "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))

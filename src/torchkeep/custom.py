@@ -1,0 +1,291 @@
+"""`torchkeep.fit`: train your own nn.Module on tensors, a Dataset or a DataLoader, with the same loop,
+progress, trackers, async checkpoints, exact resume and `s3://` run directories as `torchkeep train`.
+
+A run directory of an own model holds:
+    run.json        status, data fingerprint (rows, input and target tensors), timings, final metrics
+    config.json     the train / checkpoint / track settings (those sections of RunConfig)
+    model.json      architecture "python", args {"import": "module:QualName", "args": {...} or null},
+                    the input tensors ("inputs"), the loss and the task
+    metrics.jsonl, checkpoints/, bundle/   as for a table run; export/ when the class cannot be rebuilt
+
+The low-level loop is `torchkeep.train.loop.fit(model, loss_fn, loader, config=TrainConfig(...))`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from torchkeep.checkpoint import Checkpointer
+from torchkeep.config import CheckpointConfig
+from torchkeep.data.inputs import Prepared, describe_inputs, prepare, sample_target
+from torchkeep.errors import CheckpointError, ConfigError, DataError
+from torchkeep.export.bundle import write_bundle
+from torchkeep.models.imported import ARCHITECTURE, constructor_args, import_path, import_problem
+from torchkeep.storage import Storage, open_storage
+from torchkeep.track import TrackConfig, Tracker, build_trackers, close_trackers
+from torchkeep.train import loop
+from torchkeep.train.losses import TASKS, LossFn, infer_loss, named_loss
+from torchkeep.train.metrics import DEFAULT_MONITOR, HIGHER_IS_BETTER, MetricFn, metrics_for_task
+from torchkeep.train.optim import OptimConfig
+from torchkeep.train.progress import Progress
+from torchkeep.train.state import TrainState
+
+log = logging.getLogger("torchkeep")
+
+SECTIONS = {"train": loop.TrainConfig, "optim": OptimConfig, "checkpoint": CheckpointConfig, "track": TrackConfig}
+
+
+@dataclass
+class ModelRun:
+    """What `torchkeep.fit` returns: the trained model (the weights of its best validation, where there
+    was one) and where its run, metrics and bundle are."""
+
+    run_dir: str
+    model: nn.Module
+    valid: dict[str, float]  # the validation metrics the model ended with ({} without valid_data)
+    history: list[dict[str, Any]]  # the events of this call (train every log_every_steps, each validation)
+    state: TrainState
+    bundle: str  # "" when stopped early by stop_at_step
+
+
+def _settings(values: dict[str, Any]) -> tuple[loop.TrainConfig, CheckpointConfig, TrackConfig]:
+    """Flat settings (`epochs=5, lr=1e-3, every_steps=100, trackers=["tensorboard"]`) to the configs that own them."""
+    updates: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        owner = next((name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}), None)
+        if owner is None:
+            raise ConfigError(f"unknown setting '{key}' (settings are the fields of TrainConfig, OptimConfig,"
+                              " CheckpointConfig and TrackConfig)")
+        updates[owner][key] = value
+    optim = updates["train"].pop("optim", None) or {}
+    optim = OptimConfig(**{**(optim if isinstance(optim, dict) else dataclasses.asdict(optim)), **updates["optim"]})
+    return (loop.TrainConfig(**updates["train"], optim=optim), CheckpointConfig(**updates["checkpoint"]),
+            TrackConfig(**updates["track"]))
+
+
+def _saved_settings(saved: dict[str, Any], given: dict[str, Any],
+                    run_dir: str) -> tuple[loop.TrainConfig, CheckpointConfig, TrackConfig]:
+    """The settings a run was started with; a setting given again must have the same value."""
+    train, checkpoint, track = (loop.TrainConfig(**saved["train"]), CheckpointConfig(**saved["checkpoint"]),
+                                TrackConfig(**saved["track"]))
+    flat = {**dataclasses.asdict(train), **dataclasses.asdict(train.optim), **dataclasses.asdict(checkpoint),
+            **dataclasses.asdict(track)}
+    for key, value in given.items():
+        if key in flat and key != "optim" and flat[key] != value:
+            raise ConfigError(f"{run_dir}: {key} was {flat[key]!r} when the run started, now {value!r}; a resumed run"
+                              " keeps its settings (start a new run_dir to change them)")
+    return train, checkpoint, track
+
+
+def _read_json(storage: Storage, key: str) -> Any:
+    try:
+        return json.loads(storage.read(key))
+    except ValueError as error:
+        raise CheckpointError(f"{storage.uri}/{key}: unreadable ({error})") from None
+
+
+def _write_json(storage: Storage, key: str, value: Any) -> None:
+    storage.write(key, json.dumps(value, indent=1, default=str).encode())
+
+
+def _loss(loss: str | LossFn | None, prepared: Prepared) -> tuple[LossFn, str | None]:
+    if callable(loss):
+        return loss, None
+    name = loss if loss is not None else infer_loss(sample_target(prepared.sample), seen=prepared.seen)
+    return named_loss(name), name
+
+
+def _metrics(metrics: str | MetricFn | None, loss_name: str | None) -> tuple[MetricFn | None, str | None]:
+    if callable(metrics):
+        return metrics, None
+    if metrics == "auto":
+        task = TASKS.get(loss_name or "")
+        return (metrics_for_task(task), task) if task else (None, None)
+    if metrics is None:
+        return None, None
+    if metrics not in DEFAULT_MONITOR:
+        raise ConfigError(f"metrics={metrics!r}: expected binary, multiclass, regression, None or a callable"
+                          " (outputs, targets) -> {name: value}")
+    return metrics_for_task(metrics), metrics
+
+
+def _fingerprint(prepared: Prepared, inputs: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": prepared.kind, "rows": prepared.rows, "inputs": inputs["inputs"], "target": inputs["target"]}
+
+
+def _check_same_data(saved: dict[str, Any], found: dict[str, Any], run_dir: str) -> None:
+    if saved["kind"] != found["kind"]:  # their loaders save different positions
+        raise DataError(f"train_data: {found['kind']} now, but the run in {run_dir} started on {saved['kind']};"
+                        " resume needs the same kind of data")
+    if saved["rows"] != found["rows"]:
+        raise DataError(f"train_data: {found['rows']:,} rows, but the run in {run_dir} started on {saved['rows']:,};"
+                        " resume needs the same data")
+    if (saved["inputs"], saved["target"]) != (found["inputs"], found["target"]):
+        raise DataError(f"train_data: its tensors are not the ones the run in {run_dir} started on"
+                        f" ({saved['inputs']} -> {found['inputs']})")
+
+
+def fit(
+    model: nn.Module,
+    train_data: Any,
+    valid_data: Any = None,
+    *,
+    loss: str | LossFn | None = None,
+    metrics: str | MetricFn | None = "auto",
+    run_dir: str | None = None,
+    resume: bool = False,
+    model_args: dict[str, Any] | None = None,
+    num_workers: int | None = None,
+    quiet: bool = False,
+    progress: Progress | None = None,
+    stop_at_step: int | None = None,
+    **config: Any,
+) -> ModelRun:
+    """Train `model` (any nn.Module) with torchkeep's loop, checkpoints and run directory; see the README.
+
+    Data (train and valid alike; data/inputs.py): an `(inputs, target)` pair of tensors or a dict of
+    tensors with "target" (fast path: whole batches gathered in memory), a map-style `Dataset`
+    (`__getitem__` per row, DataLoader workers: `num_workers`), or a `DataLoader`, which is rebuilt
+    from its dataset, batch_size, shuffle, drop_last, collate_fn and worker settings so that resume
+    stays exact (its batch order then comes from the run's seed).
+
+    `loss`: "cross_entropy", "bce", "mse" or a callable `(output, target) -> loss`; None infers it
+    from the targets where they leave no doubt (integers: cross_entropy, booleans: bce, floats other
+    than all 0/1: mse). `metrics`: "auto" (those of the named loss's task), "binary", "multiclass",
+    "regression", a callable `(outputs, targets) -> dict`, or None (loss only).
+
+    `run_dir` (local or s3://; default runs/<class>-<time>). `resume=True` continues the run in
+    `run_dir` from its newest valid checkpoint, bit for bit as if never stopped; pass the same model
+    class, data and settings (the model's own weights are replaced by the checkpoint's). Where
+    `run_dir` holds no run yet, it starts one, so one script serves for the first start and every
+    restart. `model_args`: the model's constructor arguments as JSON, so that `torchkeep.load` can
+    rebuild it (models/imported.py says what happens without them). `stop_at_step`: end right after
+    that optimizer step with a checkpoint, as a kill would (tests, replay).
+
+    `**config`: any field of TrainConfig, OptimConfig, CheckpointConfig or TrackConfig, e.g.
+    `epochs=5, batch_size=64, lr=1e-3, early_stopping_patience=3, every_steps=100, trackers=["tensorboard"]`.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be an nn.Module (got {type(model).__name__})")
+    if run_dir is None:
+        if resume:
+            raise ConfigError("resume=True needs the run_dir of the run to continue")
+        run_dir = f"runs/{type(model).__name__.lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    progress = progress or Progress(quiet=quiet)
+    storage = open_storage(run_dir)
+    existing = storage.exists("run.json")  # written last when a run is set up
+    if existing and not resume:
+        raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with resume=True or choose"
+                          " another run_dir")
+    if existing:
+        spec = _read_json(storage, "model.json") if storage.exists("model.json") else {}
+        if spec.get("architecture") != ARCHITECTURE:
+            raise ConfigError(f"{run_dir}: a table run; continue it with torchkeep.train(resume={run_dir!r})")
+        train_config, checkpoint_config, track_config = _saved_settings(_read_json(storage, "config.json"), config, run_dir)
+    else:
+        if resume:
+            progress.message(f"{run_dir}: no run there yet; starting it")
+        train_config, checkpoint_config, track_config = _settings(config)
+
+    settings = {"batch_size": train_config.batch_size, "seed": train_config.seed, "num_workers": num_workers,
+                "explicit_batch_size": "batch_size" in config}
+    train = prepare(train_data, what="train_data", shuffle=True, **settings)
+    valid = None if valid_data is None else prepare(valid_data, what="valid_data", shuffle=False, **settings)
+    if existing and train.batch_size != train_config.batch_size:
+        raise DataError(f"train_data: batches of {train.batch_size}, but the run in {run_dir} started with"
+                        f" batches of {train_config.batch_size}; resume needs the same data")
+    if train.batch_size != train_config.batch_size:  # a DataLoader's own batch size
+        train_config = dataclasses.replace(train_config, batch_size=train.batch_size)
+    inputs = describe_inputs(train.sample)
+    loss_fn, loss_name = _loss(loss, train)
+    metrics_fn, task = _metrics(metrics, loss_name)
+    fingerprint = _fingerprint(train, inputs)
+
+    if existing:
+        _check_same_data(_read_json(storage, "run.json")["data"], fingerprint, run_dir)
+        model_spec = spec["args"]
+        if model_args is not None and model_args != model_spec["args"]:
+            raise ConfigError(f"{run_dir}: model_args were {model_spec['args']} when the run started, now {model_args}")
+        if model_spec["import"] != import_path(type(model)):
+            log.warning("%s was trained as %s; continuing it with %s", run_dir, model_spec["import"],
+                        import_path(type(model)))
+    else:
+        if task and train_config.monitor is None and valid is not None:
+            monitor, mode = DEFAULT_MONITOR[task]
+            train_config = dataclasses.replace(train_config, monitor=monitor, monitor_mode=train_config.monitor_mode or mode)
+        if problem := import_problem(type(model)):
+            log.warning("%s, so torchkeep.load can rebuild it only in a process that defines it too; move the class"
+                        " into a module to load the bundle anywhere", problem)
+        model_spec = {"import": import_path(type(model)), "args": constructor_args(model, model_args)}
+        settings_json = {"run_dir": run_dir, "data": {"task": task}, "train": dataclasses.asdict(train_config),
+                         "checkpoint": dataclasses.asdict(checkpoint_config), "track": dataclasses.asdict(track_config)}
+        _write_json(storage, "config.json", settings_json)
+        _write_json(storage, "model.json", {"architecture": ARCHITECTURE, "args": model_spec, "inputs": inputs,
+                                            "loss": loss_name or "callable", "task": task})
+        _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": fingerprint})
+
+    monitor = train_config.monitor or "loss"
+    mode = train_config.monitor_mode or ("max" if monitor in HIGHER_IS_BETTER else "min")
+    keep_best = (f"valid_{monitor}", mode) if checkpoint_config.keep_best and valid is not None else None
+    checkpointer = Checkpointer(run_dir, keep_last=checkpoint_config.keep_last, keep_best=keep_best,
+                                async_save=checkpoint_config.async_save)
+    trackers: list[Tracker] = []
+    progress.message(f"training {type(model).__name__} on {train.rows:,} rows"
+                     + (f" ({valid.rows:,} for validation)" if valid else "") + f" -> {run_dir}")
+    status, valid_metrics, bundle = "failed", {}, ""
+    started = time.time()
+    try:
+        trackers = build_trackers(track_config.trackers, run_dir, _read_json(storage, "config.json"))
+        result = loop.fit(
+            model, loss_fn, train.loader, config=train_config, valid_loader=valid.loader if valid else None,
+            metrics_fn=metrics_fn, checkpointer=checkpointer, checkpoint_every_steps=checkpoint_config.every_steps,
+            checkpoint_every_epoch=checkpoint_config.every_epoch, trackers=trackers, progress=progress,
+            resume=existing, stop_at_step=stop_at_step,
+        )
+        valid_metrics = result.valid
+        if stop_at_step is not None and result.state.step == stop_at_step:
+            status = "stopped"
+        else:
+            write_bundle(storage, model=model, architecture=ARCHITECTURE, model_args=model_spec, schema=None,
+                         preprocessor=inputs, task=task, metrics={f"valid_{k}": v for k, v in valid_metrics.items()},
+                         prefix="bundle")
+            bundle = f"{run_dir.rstrip('/')}/bundle"
+            if model_spec["args"] is None:
+                _export_without_class(model, inputs, f"{run_dir.rstrip('/')}/export")
+            status = "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        checkpointer.close()
+        close_trackers(trackers)
+        run = _read_json(storage, "run.json")
+        run.update(status=status, updated_at=time.time(), seconds=run.get("seconds", 0) + time.time() - started)
+        if status == "complete":
+            run["valid"] = valid_metrics
+        _write_json(storage, "run.json", run)
+    return ModelRun(run_dir=run_dir, model=model, valid=valid_metrics, history=result.history, state=result.state,
+                    bundle=bundle)
+
+
+def _export_without_class(model: nn.Module, inputs: dict[str, Any], out: str) -> None:
+    """A bundle that cannot rebuild its class still leaves a model that runs: a parity-checked pt2 export."""
+    from torchkeep.errors import TorchkeepError
+    from torchkeep.export.tensors import export_module
+
+    try:
+        # a copy: the export moves its model to the CPU and to eval mode, and the caller's stays as it is
+        result = export_module(copy.deepcopy(model), inputs, {"import": import_path(type(model)), "args": None},
+                               format="pt2", out=out)
+    except TorchkeepError as error:
+        log.warning("no class-free export either: %s", error)
+        return
+    log.warning("exported %s (runs without the class: torch.export.load(...).module())", result.path)

@@ -1,0 +1,121 @@
+"""A model trained with `torchkeep.fit`, loaded back from its bundle or run: tensors in, tensors out.
+
+`torchkeep.load` returns a TensorPredictor for these (and a table Predictor for `torchkeep train` runs).
+Loading rebuilds the class by its import path (models/imported.py): it imports that module; nothing
+is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchkeep.checkpoint import Checkpointer
+from torchkeep.data.inputs import INPUT
+from torchkeep.errors import CheckpointError, DataError
+from torchkeep.export.bundle import read_bundle
+from torchkeep.models.build import build_model
+from torchkeep.models.imported import ARCHITECTURE
+from torchkeep.storage import Storage
+
+log = logging.getLogger("torchkeep")
+
+
+def _read_json(storage: Storage, key: str) -> Any:
+    try:
+        return json.loads(storage.read(key))
+    except ValueError as error:
+        raise CheckpointError(f"{storage.uri}/{key}: unreadable ({error})") from None
+
+
+class TensorPredictor:
+    """A user's own model from its bundle or run: tensors in, the model's raw output (e.g. logits) out.
+
+    `predict` takes what the model was trained on: a tensor (`model(input)`), or a dict of tensors
+    (`model(**inputs)`, a "target" key is ignored); numpy arrays too. It checks names, dtypes and the
+    number of dimensions against the training inputs, casts floats to the trained float dtype, and runs
+    the model under no_grad in batches of `batch_size` rows.
+    """
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any], source: str) -> None:
+        self.model, self.meta, self.source = model.eval(), meta, source
+        self.inputs: dict[str, Any] = meta["preprocessor"]
+
+    @property
+    def task(self) -> str | None:
+        return self.meta.get("task")
+
+    def _checked(self, name: str, value: Any, expected: dict[str, Any]) -> torch.Tensor:
+        tensor = torch.from_numpy(value) if type(value).__module__ == "numpy" else value
+        if not isinstance(tensor, torch.Tensor):
+            raise DataError(f"{self.source}: input '{name}' must be a tensor (got {type(value).__name__})")
+        dtype = getattr(torch, expected["dtype"])
+        shape = ", ".join("N" if size is None else str(size) for size in expected["shape"])
+        if tensor.ndim != len(expected["shape"]) or tensor.is_floating_point() != dtype.is_floating_point:
+            raise DataError(f"{self.source}: input '{name}' should be {expected['dtype']} [{shape}], got"
+                            f" {str(tensor.dtype).removeprefix('torch.')} [{', '.join(map(str, tensor.shape))}]")
+        return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+    def predict(self, data: Any, *, batch_size: int = 1024) -> torch.Tensor:
+        call, expected = self.inputs["call"], {spec["name"]: spec for spec in self.inputs["inputs"]}
+        if isinstance(data, str) or hasattr(data, "columns"):
+            raise DataError(f"{self.source}: a model trained with torchkeep.fit takes tensors, not tables:"
+                            " torchkeep.load(...).predict(tensor) from Python")
+        if call == "other":
+            with torch.no_grad():
+                return self.model(data)
+        if call == "positional":
+            given = {INPUT: data[INPUT] if isinstance(data, dict) else data}
+        elif not isinstance(data, dict):
+            raise DataError(f"{self.source}: the model takes a dict of tensors named {', '.join(expected)}")
+        else:
+            given = {k: v for k, v in data.items() if k != "target"}
+        if set(given) != set(expected):
+            raise DataError(f"{self.source}: the model takes inputs {sorted(expected)}, got {sorted(given)}")
+        tensors = {name: self._checked(name, value, expected[name]) for name, value in given.items()}
+        rows = len(next(iter(tensors.values())))
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, rows, batch_size):
+                chunk = {name: t[start : start + batch_size] for name, t in tensors.items()}
+                outputs.append(self.model(chunk[INPUT]) if call == "positional" else self.model(**chunk))
+        return torch.cat(outputs)
+
+    def evaluate(self, data: Any, **_: Any) -> dict[str, float]:
+        raise DataError(f"{self.source}: evaluate takes tables; for a model trained with torchkeep.fit, compute"
+                        " metrics on torchkeep.load(...).predict(tensor)")
+
+
+def is_own_run(storage: Storage) -> bool:
+    """Whether a run directory holds a run of torchkeep.fit (a user's own model)."""
+    return storage.exists("model.json") and _read_json(storage, "model.json").get("architecture") == ARCHITECTURE
+
+
+def load_own_model(storage: Storage, path: str) -> TensorPredictor | None:
+    """A TensorPredictor for a bundle or run of a user's own model; None for anything else."""
+    for prefix in ("bundle", ""):
+        key = f"{prefix}/bundle.json" if prefix else "bundle.json"
+        if storage.exists(key):
+            try:
+                architecture = json.loads(storage.read(key)).get("architecture")
+            except ValueError:
+                return None  # api.load reports the damaged bundle
+            if architecture != ARCHITECTURE:
+                return None
+            model, _, meta = read_bundle(storage, prefix)
+            return TensorPredictor(model, meta, path)
+    if not is_own_run(storage):
+        return None
+    spec = _read_json(storage, "model.json")
+    model = build_model(ARCHITECTURE, spec["args"])
+    restored = Checkpointer(storage).restore(model=model, restore_rng=False)
+    if restored is None:
+        raise CheckpointError(f"{path}: the run has no bundle and no valid checkpoint to load")
+    log.warning("%s has no bundle (training did not finish); using checkpoint %s", path, restored.name)
+    meta = {"architecture": ARCHITECTURE, "model_args": spec["args"], "preprocessor": spec["inputs"],
+            "task": spec.get("task"), "checkpoint": restored.name}
+    return TensorPredictor(model, meta, path)
