@@ -46,7 +46,7 @@ def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model
         "bundle_version": BUNDLE_VERSION,
         "architecture": architecture,
         "model_args": model_args,
-        "preprocessor": {"kind": "table", "schema": schema.to_dict()},
+        "preprocessor": {"kind": getattr(schema, "kind", "table"), "schema": schema.to_dict()},
         "task": schema.target.task if schema.target else None,
         "metrics": metrics,
         "versions": versions(),
@@ -60,6 +60,15 @@ def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model
         storage.write(f"{base}{name}", data)
     manifest = {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()}
     storage.write(f"{base}{MANIFEST}", json.dumps({"files": manifest}, indent=1).encode())
+
+
+def schema_from_dict(data: dict[str, Any], kind: str = "table") -> Any:
+    """The preprocessor saved in a bundle or run: a TableSchema, or an ImageSchema for image runs."""
+    if kind == "image" or data.get("kind") == "image":
+        from torchkeep.data.images import ImageSchema
+
+        return ImageSchema.from_dict(data)
+    return TableSchema.from_dict(data)
 
 
 def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, TableSchema, dict[str, Any]]:
@@ -80,7 +89,7 @@ def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, TableSch
     meta = json.loads(files[BUNDLE_FILE])
     if meta.get("bundle_version") != BUNDLE_VERSION:
         raise CheckpointError(f"{where}: bundle_version {meta.get('bundle_version')!r}, expected {BUNDLE_VERSION}")
-    schema = TableSchema.from_dict(meta["preprocessor"]["schema"])
+    schema = schema_from_dict(meta["preprocessor"]["schema"], meta["preprocessor"].get("kind", "table"))
     model = build_model(meta["architecture"], meta["model_args"])
     model.load_state_dict(tensor_files.decode(files[WEIGHTS_FILE], f"{where}/{WEIGHTS_FILE}"))
     model.eval()
