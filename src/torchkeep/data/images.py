@@ -8,8 +8,8 @@ saved with its weights), so the model, its exports and the server all take plain
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np

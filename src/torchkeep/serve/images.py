@@ -41,7 +41,7 @@ class ImageRowValidator:
         """Decoded rows of a JSON body: each {"image": uint8 [C, H, W]}."""
         if not isinstance(body, dict):
             raise RequestError("body", 'expected a JSON object: {"rows": [{"image": "<base64>"}, ...]} or one {"image": ...}')
-        rows = body["rows"] if "rows" in body else [body]
+        rows = body.get("rows", [body])
         if not isinstance(rows, list) or not rows:
             raise RequestError("rows", "expected a non-empty list of {\"image\": \"<base64>\"} objects")
         if len(rows) > self.max_rows:
@@ -52,7 +52,7 @@ class ImageRowValidator:
             if not isinstance(row, dict) or not isinstance(row.get("image"), str):
                 raise RequestError(field, "expected a base64-encoded image string")
             if self.strict and set(row) - {"image", "label"}:
-                raise RequestError(f"rows[{index}].{sorted(set(row) - {'image', 'label'})[0][:100]}", "unknown field (strict mode)")
+                raise RequestError(f"rows[{index}].{min(set(row) - {'image', 'label'})[:100]}", "unknown field (strict mode)")
             text = row["image"]
             if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
                 text = text.split(",", 1)[1]
