@@ -43,6 +43,24 @@ def test_folder_and_csv_layouts_give_the_same_tensors(tmp_path: Path) -> None:
     assert np.array_equal(from_folder.images[:, 0], images[order])  # PNG is lossless: the very pixels
 
 
+def test_images_on_s3_read_like_local_ones(tmp_path: Path, s3) -> None:
+    bucket, client = s3.new_bucket(), s3.client()
+    images, labels = random_images(4), ["a", "b", "b", "a"]
+    files = write_folder(tmp_path, images, labels)
+    for name in files:
+        client.upload_file(str(tmp_path / name), bucket, f"photos/{name}")
+    client.put_object(Bucket=bucket, Key="labels.csv",
+                      Body=("path,class\n" + "".join(f"{f},{f[0]}\n" for f in sorted(files)) + "a/gone.png,a\n").encode())
+    local = read_images(str(tmp_path), size=None, channels=None)
+    from_folder = read_images(f"s3://{bucket}/photos", size=None, channels=None)
+    assert np.array_equal(from_folder.images, local.images) and from_folder.labels == local.labels
+    with pytest.raises(DataError, match=r"photos/a/gone\.png: cannot be read"):
+        read_images(f"s3://{bucket}/labels.csv", image_dir=f"s3://{bucket}/photos", size=None, channels=None)
+    from_csv = read_images(f"s3://{bucket}/labels.csv", image_dir=f"s3://{bucket}/photos", size=None, channels=None,
+                           skip_bad=True)
+    assert np.array_equal(from_csv.images, local.images) and len(from_csv.skipped) == 1
+
+
 def test_csv_columns_are_found_by_name_or_named_by_the_user(tmp_path: Path) -> None:
     files = write_folder(tmp_path / "imgs", random_images(4), ["a", "b", "a", "b"])
     csv = tmp_path / "annotations.csv"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from torchkeep.errors import DataError, MissingExtraError
+from torchkeep.errors import DataError, MissingExtraError, StorageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FILE_COLUMNS = ("file", "filename", "file_name", "path", "image", "image_path")
@@ -72,12 +72,28 @@ def decode_all(read: Callable[[str], bytes], files: Sequence[str], *, size: tupl
     """Decode files in a thread pool (Pillow releases the GIL while it decodes and resizes).
 
     Returns (uint8 [N, C, H, W] of the readable ones, their positions in `files`, skipped files).
-    Without size/channels, the first image fixes them and every other one must match."""
+    Without size/channels, the first image fixes them and every other one is brought to them."""
     if not files:
         raise DataError("no image files found")
-    first = decode_image(read(files[0]), size=size, channels=channels, name=where(files[0])) if size is None or channels is None else None
-    if first is not None:
-        size, channels = size or (first.shape[1], first.shape[2]), channels or first.shape[0]
+
+    def load(key: str) -> bytes:
+        try:
+            return read(key)
+        except StorageError as error:  # a file named in a CSV that is not there, an unreadable object
+            raise DataError(f"{where(key)}: cannot be read ({str(error)[:160]})") from None
+
+    if size is None or channels is None:  # the first readable image decides
+        for key in files:
+            try:
+                first = decode_image(load(key), size=size, channels=channels, name=where(key))
+            except DataError:
+                if not skip_bad:
+                    raise
+                continue
+            size, channels = size or (first.shape[1], first.shape[2]), channels or first.shape[0]
+            break
+        else:
+            raise DataError(f"none of the {len(files):,} image files could be read (first: {where(files[0])})")
     assert size is not None and channels is not None
     out = np.empty((len(files), channels, *size), dtype=np.uint8)
     ok = np.zeros(len(files), dtype=bool)
@@ -85,7 +101,7 @@ def decode_all(read: Callable[[str], bytes], files: Sequence[str], *, size: tupl
 
     def one(position: int) -> None:
         try:
-            out[position] = decode_image(read(files[position]), size=size, channels=channels, name=where(files[position]))
+            out[position] = decode_image(load(files[position]), size=size, channels=channels, name=where(files[position]))
             ok[position] = True
         except DataError:
             if not skip_bad:
