@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -89,8 +90,7 @@ def loading(root: Path, samples: list[tuple[str, int]], epochs: int) -> None:
         loader = torch.utils.data.DataLoader(SeedStyleDataset(samples), batch_size=BATCH, shuffle=True,
                                              num_workers=workers, **extra)
         results[f"seed-style per-file Dataset, DataLoader num_workers={workers}"] = images_per_second(
-            lambda: loader, epochs, count)
-        del loader
+            lambda loader=loader: loader, epochs, count)
     started = time.perf_counter()
     raw = read_images(str(root), size=None, channels=None)
     decode_rate = count / (time.perf_counter() - started)
@@ -118,8 +118,9 @@ def quality(threads: int | None) -> None:
     train_index, test_index = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0)
     rows = []
     flat = raw_values.reshape(len(labels), -1)
-    for name, model in (("scikit-learn SVC (RBF, defaults)", SVC()),
-                        ("scikit-learn logistic regression", LogisticRegression(max_iter=5000))):
+    baselines = [("scikit-learn SVC (RBF, defaults)", SVC()),
+                 ("scikit-learn logistic regression", LogisticRegression(max_iter=5000))]
+    for name, model in baselines:
         started = time.perf_counter()
         model.fit(flat[train_index], labels[train_index])
         seconds = time.perf_counter() - started
@@ -134,10 +135,11 @@ def quality(threads: int | None) -> None:
         result = torchkeep.train(f"{folder}/train", run_dir=f"{folder}/run", quiet=True, **settings)
         seconds = time.perf_counter() - started
         metrics = torchkeep.load(result.run_dir).evaluate(f"{folder}/test")
-        config = torchkeep.RunConfig.from_dict(__import__("json").load(open(f"{folder}/run/config.json")))
+        config = torchkeep.RunConfig.from_dict(json.loads(Path(f"{folder}/run/config.json").read_text()))
     vision, train = config.vision, config.train
-    rows.append((f"torchkeep defaults ({vision.architecture} {','.join(map(str, vision.widths))}, {train.epochs} epochs,"
-                 f" batch {train.batch_size}, lr {train.optim.lr:g})", metrics["accuracy"], seconds))
+    described = (f"torchkeep defaults ({vision.architecture} {','.join(map(str, vision.widths))}, {train.epochs} epochs,"
+                 f" batch {train.batch_size}, lr {train.optim.lr:g}, pad {config.data.augment_pad})")
+    rows.append((described, metrics["accuracy"], seconds))
     print(f"\ndigits, 80/20 split (train_test_split random_state=0): {len(train_index)} train / {len(test_index)} test")
     print(f"{'model':<72} {'test accuracy':>13} {'train s':>8}")
     for name, accuracy, seconds in rows:
