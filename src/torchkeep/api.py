@@ -213,10 +213,11 @@ def train(
         _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": _fingerprint(frame)})
 
     assert schema.target is not None
-    train_loader = BatchLoader(train_tensors, config.train.batch_size, shuffle=True, seed=config.train.seed)
-    valid_loader = BatchLoader(valid_tensors, _eval_rows(valid_tensors), shuffle=False)
-    if prepared is not None:
-        train_loader = prepared.train_loader(train_loader)  # augmentation, when configured
+    if prepared is not None:  # from memory or streamed from files; augmented when configured
+        train_loader, valid_loader = prepared.loaders(EVAL_BATCH_IMAGES)
+    else:
+        train_loader = BatchLoader(train_tensors, config.train.batch_size, shuffle=True, seed=config.train.seed)
+        valid_loader = BatchLoader(valid_tensors, _eval_rows(valid_tensors), shuffle=False)
     seed_everything(config.train.seed)
     model = build_model(architecture, model_args)
     task = schema.target.task
@@ -225,7 +226,7 @@ def train(
                                 keep_best=keep_best if config.checkpoint.keep_best else None,
                                 async_save=config.checkpoint.async_save)
     trackers: list[Tracker] = []
-    progress.message(f"training {task} model on {len(train_tensors['target']):,} rows ({len(valid_tensors['target']):,} for validation)"
+    progress.message(f"training {task} model on {train_loader.num_rows:,} rows ({valid_loader.num_rows:,} for validation)"
                      f" -> {run_dir}")
     status = "failed"
     started = time.time()

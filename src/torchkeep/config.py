@@ -42,6 +42,14 @@ class DataConfig:
     skip_bad_images: bool = False  # leave out (and count) unreadable images instead of stopping
     augment_pad: int = 0  # training batches: random crop after zero padding by this many pixels (0: off)
     augment_flip: bool = False  # training batches: random horizontal flip (not for digits or text)
+    # Images over image_memory_bytes are streamed from their files by DataLoader workers (torchdata's
+    # StatefulDataLoader: exact mid-epoch resume). None: chosen for the machine (workers: 0 on <= 2
+    # cores, where they compete with training threads, else min(4, cores // 2); pin_memory with CUDA;
+    # persistent workers when there are workers; prefetch_factor 2).
+    num_workers: int | None = None
+    pin_memory: bool | None = None
+    persistent_workers: bool | None = None
+    prefetch_factor: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.valid_fraction < 1:

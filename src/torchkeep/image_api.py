@@ -20,9 +20,9 @@ import torch
 
 from torchkeep.config import RunConfig
 from torchkeep.data.builtin import get_example
-from torchkeep.data.image_io import RawImages, read_images
-from torchkeep.data.images import AugmentingLoader, ImageSchema
-from torchkeep.data.loader import BatchLoader
+from torchkeep.data.image_io import RawImages, decode_image, is_idx_folder, list_images, read_images
+from torchkeep.data.images import AugmentingLoader, ImageFileDataset, ImageSchema
+from torchkeep.data.loader import BatchLoader, DatasetLoader
 from torchkeep.errors import ConfigError, DataError
 from torchkeep.models.vision import vision_model_args
 from torchkeep.storage import open_storage
@@ -49,14 +49,25 @@ class Prepared:
     schema: ImageSchema
     architecture: str
     model_args: dict[str, Any]
-    train_tensors: dict[str, torch.Tensor]
-    valid_tensors: dict[str, torch.Tensor]
+    train_tensors: dict[str, torch.Tensor] | None  # None: over the memory budget, streamed from files
+    valid_tensors: dict[str, torch.Tensor] | None
+    streamed: tuple[ImageFileDataset, ImageFileDataset] | None = None
 
-    def train_loader(self, loader: BatchLoader) -> Any:
-        data = self.config.data
+    def loaders(self, eval_rows: int) -> tuple[Any, Any]:
+        """(training loader, validation loader): whole batches from memory, or DatasetLoader workers."""
+        data, train = self.config.data, self.config.train
+        if self.streamed is None:
+            assert self.train_tensors is not None and self.valid_tensors is not None
+            loader: Any = BatchLoader(self.train_tensors, train.batch_size, shuffle=True, seed=train.seed)
+            valid: Any = BatchLoader(self.valid_tensors, eval_rows, shuffle=False)
+        else:
+            knobs = {"num_workers": data.num_workers, "pin_memory": data.pin_memory,
+                     "persistent_workers": data.persistent_workers, "prefetch_factor": data.prefetch_factor}
+            loader = DatasetLoader(self.streamed[0], train.batch_size, shuffle=True, seed=train.seed, **knobs)
+            valid = DatasetLoader(self.streamed[1], eval_rows, shuffle=False, **knobs)
         if data.augment_pad or data.augment_flip:
-            return AugmentingLoader(loader, pad=data.augment_pad, flip=data.augment_flip)
-        return loader
+            loader = AugmentingLoader(loader, pad=data.augment_pad, flip=data.augment_flip)
+        return loader, valid
 
 
 def is_image_path(path: str) -> bool:
@@ -113,6 +124,59 @@ def _read(config: RunConfig, data: Any, progress: Progress, *, need_labels: bool
     return raw, Path(path.rstrip("/")).stem, dataclasses.replace(config, data=updated)
 
 
+def _plan_streaming(config: RunConfig, data: Any) -> tuple[str, list[str], list[Any]] | None:
+    """(root, files, labels) when a folder / CSV layout would decode to more than the memory budget."""
+    settings = config.data
+    path = data if isinstance(data, str) else settings.path if data is None else None
+    if path is None or (settings.image_dir is None and is_idx_folder(path)):
+        return None
+    if "://" not in path:
+        path = os.path.abspath(path)
+    root, files, labels = list_images(path, image_dir=settings.image_dir, file_column=settings.file_column,
+                                      label_column=settings.label_column)
+    size = (settings.image_size[0], settings.image_size[-1]) if settings.image_size else None
+    if size is None or settings.channels is None:
+        first = decode_image(open_storage(root).read(files[0]), size=size, channels=settings.channels, name=files[0])
+        bytes_per_image = first.size if size is None else len(first) * size[0] * size[1]
+    else:
+        bytes_per_image = settings.channels * size[0] * size[1]
+    return (root, files, labels) if len(files) * bytes_per_image > settings.image_memory_bytes else None
+
+
+def _streamed(config: RunConfig, plan: tuple[str, list[str], list[Any]], schema: ImageSchema | None,
+              progress: Progress) -> tuple[ImageSchema, tuple[ImageFileDataset, ImageFileDataset], dict[str, Any]]:
+    """Datasets that decode one file per item; the schema's statistics from a sample of training images."""
+    from torchkeep.data.image_io import decode_all
+
+    root, files, labels = plan
+    if config.data.valid_path:
+        raise ConfigError("a validation set (--valid) with images over the memory budget is not supported;"
+                          " use --valid-fraction, or raise --image-memory-gib")
+    order = np.random.default_rng(config.train.seed).permutation(len(files))
+    n_valid = max(1, round(len(files) * config.data.valid_fraction))
+    train_index, valid_index = order[n_valid:], order[:n_valid]
+    if schema is None:
+        sample = train_index[:: max(1, len(train_index) // 2000)]
+        settings = config.data
+        size = (settings.image_size[0], settings.image_size[-1]) if settings.image_size else None
+        storage = open_storage(root)
+        images, _, _ = decode_all(lambda key: storage.read(key), [files[i] for i in sample], size=size,
+                                  channels=settings.channels, where=lambda key: f"{root.rstrip('/')}/{key}")
+        sampled = RawImages(images=images, labels=[labels[i] for i in train_index], files=[], skipped=[])
+        schema = ImageSchema.fit(sampled, task=config.data.task, source=f"{config.data.path} (training split)")
+        progress.message(f"{len(files):,} images are over the memory budget ({config.data.image_memory_bytes / 2**30:.2f}"
+                         f" GiB decoded): streaming them from files with DataLoader workers")
+    import polars as pl
+
+    def dataset(index: np.ndarray) -> ImageFileDataset:
+        targets = schema._labels.encode_target(pl.DataFrame({"label": [labels[i] for i in index]}), str(config.data.path))
+        return ImageFileDataset(schema, root, [files[i] for i in index], targets)
+
+    digest = hashlib.sha256("\n".join(f"{f}\t{v}" for f, v in zip(files, labels)).encode()).hexdigest()[:16]
+    found = {"rows": len(files), "columns": ["image", "label"], "hash": int(digest, 16), "streaming": True}
+    return schema, (dataset(train_index), dataset(valid_index)), found
+
+
 def _split(raw: RawImages, config: RunConfig, progress: Progress, schema: ImageSchema | None) -> tuple[RawImages, RawImages]:
     if config.data.valid_path:
         size = schema.size if schema else None
@@ -162,6 +226,15 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
             return None
         config = RunConfig.from_dict(_read_json(storage, "config.json", resume), source=f"{resume}/config.json")
         schema = ImageSchema.from_dict(_read_json(storage, "schema.json", resume))
+        saved = _read_json(storage, "run.json", resume)["data"]
+        if saved.get("streaming"):
+            plan = _plan_streaming(config, data)
+            if plan is None:
+                raise DataError(f"{config.data.path}: the run streamed its images and they now fit in memory; resume needs the same data")
+            schema, streamed, found = _streamed(config, plan, schema, progress)
+            if (saved["rows"], saved["hash"]) != (found["rows"], found["hash"]):
+                raise DataError(f"{config.data.path}: its files or labels changed since the run started; resume needs the same data")
+            return Prepared(resume, storage, config, schema, spec["architecture"], spec["args"], None, None, streamed)
         raw, _, config = _read(config, data, progress, size=schema.size, channels=schema.channels)
         saved, found = _read_json(storage, "run.json", resume)["data"], fingerprint(raw)
         if saved["rows"] != found["rows"] or saved["hash"] != found["hash"]:
@@ -181,15 +254,26 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
         return None
     config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, **vision))
     config = _image_defaults(config, overrides)
-    raw, name, config = _read(config, data, progress)
+    plan = _plan_streaming(config, data)
+    if plan is None:
+        raw, name, config = _read(config, data, progress)
+    else:
+        path = data if isinstance(data, str) else config.data.path
+        path = path if "://" in path else os.path.abspath(path)
+        name = Path(path.rstrip("/")).stem
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=path, target=config.data.target or "label"))
     run_dir = config.run_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = open_storage(run_dir)
     if storage.exists("run.json"):
         raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with --resume {run_dir} or choose another --run-dir")
     config = dataclasses.replace(config, run_dir=run_dir)
-    train_raw, valid_raw = _split(raw, config, progress, None)
-    source = config.data.path or name
-    schema = ImageSchema.fit(train_raw, task=config.data.task, source=f"{source} (training split)")
+    if plan is None:
+        train_raw, valid_raw = _split(raw, config, progress, None)
+        source = config.data.path or name
+        schema = ImageSchema.fit(train_raw, task=config.data.task, source=f"{source} (training split)")
+        found = fingerprint(raw)
+    else:
+        schema, streamed, found = _streamed(config, plan, None, progress)
     assert schema.target is not None
     monitor, mode = DEFAULT_MONITOR[schema.target.task]
     config = dataclasses.replace(config, train=dataclasses.replace(
@@ -197,12 +281,13 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
         monitor_mode=config.train.monitor_mode or (mode if not config.train.monitor else None)))
     architecture = IMAGE_ARCHITECTURES[config.vision.architecture]
     model_args = vision_model_args(config.vision, schema)
-    tensors = _tensors(schema, train_raw, valid_raw, config)  # before anything is written
+    tensors = _tensors(schema, train_raw, valid_raw, config) if plan is None else (None, None)  # before anything is written
     _write_json(storage, "config.json", config.to_dict())
     _write_json(storage, "schema.json", schema.to_dict())
     _write_json(storage, "model.json", {"architecture": architecture, "args": model_args})
-    _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": fingerprint(raw)})
-    return Prepared(run_dir, storage, config, schema, architecture, model_args, *tensors)
+    _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": found})
+    return Prepared(run_dir, storage, config, schema, architecture, model_args, *tensors,
+                    streamed=None if plan is None else streamed)
 
 
 def _tensors(schema: ImageSchema, train_raw: RawImages, valid_raw: RawImages,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from PIL import Image
 
 from torchkeep.data.builtin import get_example
@@ -78,3 +79,23 @@ def test_an_image_run_resumes_from_its_checkpoint(torchkeep, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
+
+
+def test_images_over_the_memory_budget_stream_from_files_and_resume_exactly(tmp_path):
+    import torchkeep as api
+    from torchkeep.checkpoint import format as checkpoint_format
+    from torchkeep.checkpoint import tensors as tensor_files
+    from torchkeep.storage import open_storage
+
+    write_digit_folder(tmp_path / "photos", 120)
+    settings = {"image_memory_bytes": 1000, "epochs": 2, "batch_size": 16, "num_workers": 1, "augment_pad": 1,
+                "quiet": True, "threads": 1}
+    whole = api.train(str(tmp_path / "photos"), run_dir=str(tmp_path / "whole"), **settings)
+    assert json.loads((tmp_path / "whole" / "run.json").read_text())["data"]["streaming"] is True
+    api.train(str(tmp_path / "photos"), run_dir=str(tmp_path / "cut"), stop_at_step=9, **settings)  # mid-epoch 2
+    api.train(resume=str(tmp_path / "cut"), quiet=True)
+    last = checkpoint_format.checkpoint_name(whole.state.step)
+    weights = [tensor_files.decode(checkpoint_format.read_checkpoint(open_storage(str(tmp_path / run)), last)[1]
+                                   ["model.safetensors"], run) for run in ("whole", "cut")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

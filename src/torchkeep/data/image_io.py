@@ -247,23 +247,29 @@ def read_labels_csv(path: str, *, file_column: str | None, label_column: str | N
     return files, labels
 
 
+def list_images(data: str, *, image_dir: str | None = None, file_column: str | None = None,
+                label_column: str | None = None, need_labels: bool = True) -> tuple[str, list[str], list[Any] | None]:
+    """(root, files relative to root, labels) of a class-folder or CSV layout, without reading any image."""
+    if image_dir is not None or data.lower().endswith((".csv", ".parquet")):
+        files, labels = read_labels_csv(data, file_column=file_column, label_column=label_column, need_labels=need_labels)
+        return (image_dir if image_dir is not None else data.rsplit("/", 1)[0] if "/" in data else "."), files, labels
+    files, labels = folder_files(data)
+    return data, files, labels
+
+
 def read_images(data: str, *, image_dir: str | None = None, file_column: str | None = None, label_column: str | None = None,
                 size: tuple[int, int] | None, channels: int | None, skip_bad: bool = False, need_labels: bool = True,
                 report: Callable[[str], None] | None = None) -> RawImages:
     """Any of the three layouts (decided by what `data` is) -> RawImages."""
-    if image_dir is not None or data.lower().endswith((".csv", ".parquet")):
-        files, labels = read_labels_csv(data, file_column=file_column, label_column=label_column, need_labels=need_labels)
-        root = image_dir if image_dir is not None else data.rsplit("/", 1)[0] if "/" in data else "."
-    elif is_idx_folder(data):
+    if image_dir is None and is_idx_folder(data):
         images, labels, names = read_idx_folder(data)
         if need_labels and labels is None:
             raise DataError(f"{data}: idx images without a *{IDX_LABELS} file; labels are needed to train")
         if size is not None and tuple(images.shape[2:]) != tuple(size) or channels == 3:
             images = _resize_arrays(images, size, channels)
         return RawImages(images=images, labels=labels, files=names, skipped=[])
-    else:
-        files, labels = folder_files(data)
-        root = data
+    root, files, labels = list_images(data, image_dir=image_dir, file_column=file_column, label_column=label_column,
+                                      need_labels=need_labels)
     storage = _storage(root)
     decoded, kept, skipped = decode_all(lambda key: storage.read(key), files, size=size, channels=channels,
                                         skip_bad=skip_bad, report=report, where=lambda key: _join(root, key))

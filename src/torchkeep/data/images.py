@@ -128,7 +128,7 @@ class AugmentingLoader:
     """A BatchLoader whose training batches are augmented; each batch's randomness comes from
     (seed, epoch, batch position) alone, so a run resumed mid-epoch sees the very same batches."""
 
-    def __init__(self, loader: BatchLoader, *, pad: int, flip: bool) -> None:
+    def __init__(self, loader: BatchLoader | Any, *, pad: int, flip: bool) -> None:  # or a DatasetLoader
         self.loader, self.pad, self.flip = loader, pad, flip
 
     @property
@@ -138,6 +138,10 @@ class AugmentingLoader:
     @property
     def position(self) -> int:
         return self.loader.position
+
+    @property
+    def num_rows(self) -> int:
+        return self.loader.num_rows
 
     def __len__(self) -> int:
         return len(self.loader)
