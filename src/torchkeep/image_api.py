@@ -20,7 +20,7 @@ import torch
 
 from torchkeep.config import RunConfig
 from torchkeep.data.builtin import get_example
-from torchkeep.data.image_io import RawImages, decode_image, is_idx_folder, list_images, read_images
+from torchkeep.data.image_io import RawImages, decode_image, is_idx_folder, list_images, read_images, resize_arrays
 from torchkeep.data.images import AugmentingLoader, ImageFileDataset, ImageSchema
 from torchkeep.data.loader import BatchLoader, DatasetLoader
 from torchkeep.errors import ConfigError, DataError
@@ -92,6 +92,8 @@ def _read(config: RunConfig, data: Any, progress: Progress, *, need_labels: bool
         size = (settings.image_size[0], settings.image_size[-1])
     channels = channels or settings.channels
     if isinstance(data, RawImages):
+        if size is not None and tuple(data.images.shape[2:]) != tuple(size) or channels not in (None, data.images.shape[1]):
+            data = dataclasses.replace(data, images=resize_arrays(data.images, size, channels))
         return data, "images", config
     path = data if isinstance(data, str) else settings.path
     if path is None:
@@ -101,9 +103,7 @@ def _read(config: RunConfig, data: Any, progress: Progress, *, need_labels: bool
         raw = RawImages(images=images[:, None], labels=labels, files=[f"{example.name}[{i}]" for i in range(len(labels))],
                         skipped=[])
         if size is not None and size != tuple(images.shape[1:]) or channels == 3:
-            from torchkeep.data.image_io import _resize_arrays
-
-            raw.images = _resize_arrays(raw.images, size, channels)
+            raw.images = resize_arrays(raw.images, size, channels)
         updated = dataclasses.replace(settings, example=example.name, target=settings.target or example.target)
         return raw, example.name, dataclasses.replace(config, data=updated)
     if "://" not in path:

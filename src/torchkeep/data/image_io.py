@@ -266,7 +266,7 @@ def read_images(data: str, *, image_dir: str | None = None, file_column: str | N
         if need_labels and labels is None:
             raise DataError(f"{data}: idx images without a *{IDX_LABELS} file; labels are needed to train")
         if size is not None and tuple(images.shape[2:]) != tuple(size) or channels == 3:
-            images = _resize_arrays(images, size, channels)
+            images = resize_arrays(images, size, channels)
         return RawImages(images=images, labels=labels, files=names, skipped=[])
     root, files, labels = list_images(data, image_dir=image_dir, file_column=file_column, label_column=label_column,
                                       need_labels=need_labels)
@@ -278,7 +278,7 @@ def read_images(data: str, *, image_dir: str | None = None, file_column: str | N
     return RawImages(images=decoded, labels=labels, files=[files[i] for i in kept], skipped=skipped)
 
 
-def _resize_arrays(images: np.ndarray, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
+def resize_arrays(images: np.ndarray, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
     """idx images (already decoded) brought to the configured size/channels with the same filter."""
     import torch
 
