@@ -28,6 +28,9 @@ CANDIDATES = {
     "cnn 64,128": {"widths": [64, 128]},
     "cnn 32,64 upscaled 16x16": {"image_size": [16, 16]},
     "mlp 512,512": {"architecture": "mlp"},
+    "cnn 32,64 pad 1 60 epochs": {"augment_pad": 1, "epochs": 60},
+    "cnn 64,128 pad 1": {"widths": [64, 128], "augment_pad": 1},
+    "cnn 32,64 pad 1 lr 1e-2": {"augment_pad": 1, "lr": 1e-2},
 }
 
 

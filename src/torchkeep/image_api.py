@@ -20,7 +20,14 @@ import torch
 
 from torchkeep.config import RunConfig
 from torchkeep.data.builtin import get_example
-from torchkeep.data.image_io import RawImages, decode_image, is_idx_folder, list_images, read_images, resize_arrays
+from torchkeep.data.image_io import (
+    RawImages,
+    decode_image,
+    is_idx_folder,
+    list_images,
+    read_images,
+    resize_arrays,
+)
 from torchkeep.data.images import AugmentingLoader, ImageFileDataset, ImageSchema
 from torchkeep.data.loader import BatchLoader, DatasetLoader
 from torchkeep.errors import ConfigError, DataError
