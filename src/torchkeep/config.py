@@ -1,6 +1,6 @@
 """RunConfig: every setting of a run, composed from each component's own config dataclass.
 
-A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [checkpoint], [track]);
+A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [checkpoint], [track], [vision]);
 CLI flags override the file; the resolved config is saved in the run directory as config.json.
 """
 
@@ -40,7 +40,7 @@ class DataConfig:
     channels: int | None = None  # 1 (gray) or 3 (RGB); None: gray when the first image is gray, else RGB
     image_memory_bytes: int = 2 << 30  # decoded images must fit this in memory (uint8 C*H*W per image)
     skip_bad_images: bool = False  # leave out (and count) unreadable images instead of stopping
-    augment_pad: int = 0  # training batches: random crop after zero padding by this many pixels (0: off)
+    augment_pad: int = 0  # training batches: random crop after zero padding by this many pixels (image runs: 1)
     augment_flip: bool = False  # training batches: random horizontal flip (not for digits or text)
     # Images over image_memory_bytes are streamed from their files by DataLoader workers (torchdata's
     # StatefulDataLoader: exact mid-epoch resume). None: chosen for the machine (workers: 0 on <= 2

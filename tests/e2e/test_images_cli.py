@@ -99,3 +99,15 @@ def test_images_over_the_memory_budget_stream_from_files_and_resume_exactly(tmp_
                                    ["model.safetensors"], run) for run in ("whole", "cut")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_toml_config_chooses_the_image_model(torchkeep, tmp_path):
+    (tmp_path / "digits.toml").write_text('[data]\nexample = "digits"\naugment_pad = 2\n\n'
+                                          '[vision]\narchitecture = "mlp"\nhidden_sizes = [64]\n')
+    result = torchkeep("train", "digits.toml", "--epochs", 1, "--dropout", 0.2, "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    bundle = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
+    assert bundle["architecture"] == "image_mlp"
+    assert bundle["model_args"]["hidden_sizes"] == [64] and bundle["model_args"]["dropout"] == 0.2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["augment_pad"] == 2 and config["train"]["batch_size"] == 64  # the image default

@@ -23,7 +23,7 @@ categorical, continuous, drop; [model] hidden_sizes, dropout, batch_norm, embedd
 [track] trackers = ["tensorboard", "wandb"]. Images: [data] image_dir, image_size, channels, file_column,
 label_column, image_memory_bytes, skip_bad_images, augment_pad, augment_flip; [vision] architecture
 (cnn | mlp), widths, convs_per_block, hidden_sizes, dropout. Image runs default to 30 epochs, batch 64,
-lr 3e-3 unless set.
+lr 3e-3, augment_pad 1 unless set.
 """
 
 
@@ -62,7 +62,7 @@ def add_parser(commands: Any) -> None:
     images.add_argument("--channels", type=int, choices=[1, 3], help="1 gray or 3 RGB (default: gray if the first image is)")
     images.add_argument("--skip-bad-images", action="store_true", default=None,
                         help="leave out and count unreadable images (default: stop naming the first one)")
-    images.add_argument("--augment-pad", type=int, metavar="P", help="random crop after padding by P pixels (default 0: off)")
+    images.add_argument("--augment-pad", type=int, metavar="P", help="random crop after padding by P pixels (default 1; 0: off)")
     images.add_argument("--augment-flip", action="store_true", default=None, help="random horizontal flips (default off)")
     images.add_argument("--image-memory-gib", type=float, metavar="G",
                         help="decoded images must fit in this much memory (default 2)")
