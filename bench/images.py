@@ -149,10 +149,12 @@ def quality(threads: int | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5, help="loading epochs per loader (median reported)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads for the digits training (default: torch's)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads, loading and training (default: torch's)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-loading", action="store_true")
     args = parser.parse_args()
+    if args.threads:  # on a busy 2-core machine, 2 intra-op threads wait on each other (bench/README.md)
+        torch.set_num_threads(args.threads)
     if not args.skip_loading:
         _, labels, pixels = digits()
         with tempfile.TemporaryDirectory() as folder:

@@ -166,7 +166,7 @@ def read_idx(path: str) -> np.ndarray:
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
     if body.size != int(np.prod(shape)):
         raise DataError(f"{path}: header says {shape} ({int(np.prod(shape)):,} bytes) but {body.size:,} follow (truncated?)")
-    return body.reshape(shape)
+    return body.reshape(shape).copy()  # writable: torch refuses to share a read-only buffer safely
 
 
 def write_idx(path: str, array: np.ndarray) -> None:
