@@ -41,7 +41,12 @@ LOADING = {
 def parity_images(source: str, schema: ImageSchema, data: str | None) -> tuple[torch.Tensor, str]:
     """Up to PARITY_IMAGES real images at the schema's size: from `data`, else the run's training data."""
     from torchkeep.data.builtin import get_example
-    from torchkeep.data.image_io import is_idx_folder, list_images, read_images, resize_arrays
+    from torchkeep.data.image_io import (
+        is_idx_folder,
+        list_images,
+        read_images,
+        resize_arrays,
+    )
 
     settings: dict[str, Any] = {}
     if data is None:
