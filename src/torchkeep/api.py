@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from torchkeep import image_api
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.config import RunConfig
 from torchkeep.data.builtin import get_example
@@ -33,7 +34,7 @@ from torchkeep.data.io import as_frame, read_table
 from torchkeep.data.loader import BatchLoader
 from torchkeep.data.table import TableSchema, check_frame
 from torchkeep.errors import CheckpointError, ConfigError, DataError
-from torchkeep.export.bundle import read_bundle, write_bundle
+from torchkeep.export.bundle import read_bundle, schema_from_dict, write_bundle
 from torchkeep.models.build import build_model, loss_for_task, tabular_model_args
 from torchkeep.storage import open_storage
 from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model
@@ -49,6 +50,11 @@ log = logging.getLogger("torchkeep")
 
 ARCHITECTURE = "entity_embedding_mlp"
 EVAL_BATCH_ROWS = 65_536
+EVAL_BATCH_IMAGES = 256  # a CNN's activations are ~100x an image's bytes: 64k images at once would need GBs
+
+
+def _eval_rows(tensors: dict[str, torch.Tensor]) -> int:
+    return EVAL_BATCH_IMAGES if "image" in tensors else EVAL_BATCH_ROWS
 
 
 @dataclass
@@ -63,7 +69,7 @@ def _override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Flat keyword overrides (`epochs=5, lr=1e-3`) applied to whichever section owns the name."""
     sections = {"": config, "data": config.data, "model": config.model, "train": config.train,
                 "optim": config.train.optim, "transfer": config.train.transfer, "checkpoint": config.checkpoint,
-                "track": config.track}
+                "track": config.track, "vision": config.vision}  # vision last: its dropout / hidden_sizes go to [model] for tables
     updates: dict[str, dict[str, Any]] = {name: {} for name in sections}
     for key, value in overrides.items():
         owners = [name for name, section in sections.items()
@@ -78,7 +84,8 @@ def _override(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         config, data=dataclasses.replace(config.data, **updates["data"]),
         model=dataclasses.replace(config.model, **updates["model"]), train=train,
         checkpoint=dataclasses.replace(config.checkpoint, **updates["checkpoint"]),
-        track=dataclasses.replace(config.track, **updates["track"]), **updates[""],
+        track=dataclasses.replace(config.track, **updates["track"]),
+        vision=dataclasses.replace(config.vision, **updates["vision"]), **updates[""],
     )
 
 
@@ -149,7 +156,13 @@ def train(
     """
     progress = progress or Progress(quiet=quiet)
     pretrained: Pretrained | None = None
-    if resume is not None:
+    architecture = ARCHITECTURE
+    prepared = image_api.prepare(data, target=target, config=config, overrides=overrides, resume=resume, progress=progress)
+    if prepared is not None:  # images: read, split and fitted there; trained by the same code below
+        run_dir, storage, config, schema, architecture = (prepared.run_dir, prepared.storage, prepared.config,
+                                                          prepared.schema, prepared.architecture)
+        model_args, train_tensors, valid_tensors = prepared.model_args, prepared.train_tensors, prepared.valid_tensors
+    elif resume is not None:
         if overrides or target is not None or config is not None:
             raise ConfigError("a resumed run keeps its saved config; pass only the run directory (and data if it was a frame)")
         storage = open_storage(resume)
@@ -214,10 +227,13 @@ def train(
         _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": _fingerprint(frame)})
 
     assert schema.target is not None
-    train_loader = BatchLoader(train_tensors, config.train.batch_size, shuffle=True, seed=config.train.seed)
-    valid_loader = BatchLoader(valid_tensors, EVAL_BATCH_ROWS, shuffle=False)
+    if prepared is not None:  # from memory or streamed from files; augmented when configured
+        train_loader, valid_loader = prepared.loaders(EVAL_BATCH_IMAGES)
+    else:
+        train_loader = BatchLoader(train_tensors, config.train.batch_size, shuffle=True, seed=config.train.seed)
+        valid_loader = BatchLoader(valid_tensors, _eval_rows(valid_tensors), shuffle=False)
     seed_everything(config.train.seed)
-    model = build_model(ARCHITECTURE, model_args)
+    model = build_model(architecture, model_args)
     task = schema.target.task
     keep_best = (f"valid_{config.train.monitor}", config.train.monitor_mode or DEFAULT_MONITOR[task][1])
     checkpointer = Checkpointer(run_dir, keep_last=config.checkpoint.keep_last,
@@ -226,7 +242,7 @@ def train(
     pretrained_parameters = _init_from(model, config, schema, storage, checkpointer, progress, resume is not None,
                                        pretrained)
     trackers: list[Tracker] = []
-    progress.message(f"training {task} model on {train_frame.height:,} rows ({valid_frame.height:,} for validation)"
+    progress.message(f"training {task} model on {train_loader.num_rows:,} rows ({valid_loader.num_rows:,} for validation)"
                      f" -> {run_dir}")
     status = "failed"
     started = time.time()
@@ -243,7 +259,7 @@ def train(
             status = "stopped"
             return RunResult(run_dir=run_dir, valid=result.valid, state=result.state, bundle="")
         valid = result.valid
-        write_bundle(storage, model=model.cpu(), architecture=ARCHITECTURE, model_args=model_args,
+        write_bundle(storage, model=model.cpu(), architecture=architecture, model_args=model_args,
                      schema=schema, metrics={f"valid_{k}": v for k, v in valid.items()}, prefix="bundle")
         status = "complete"
     except KeyboardInterrupt:
@@ -269,15 +285,19 @@ def _init_from(model: torch.nn.Module, config: RunConfig, schema: TableSchema, s
         return []
     if resuming and any(info.status == "complete" for info in checkpointer.list()):
         return _read_json(storage, "transfer.json", storage.uri)["pretrained_parameters"]
-    report = load_pretrained(model, pretrained or transfer.init_from, rename=transfer.rename, adapt=level_aligner(schema))
+    # Tables re-order embedding rows and first-layer columns by level and column name; images match by name only.
+    adapt = level_aligner(schema) if isinstance(schema, TableSchema) else None
+    report = load_pretrained(model, pretrained or transfer.init_from, rename=transfer.rename, adapt=adapt)
     for line in report.lines():
         progress.message(line)
+    if not storage.exists("transfer.json"):  # image runs: what a resume reads back
+        _write_json(storage, "transfer.json", report.to_dict())
     return report.pretrained_parameters
 
 
 def evaluate_tensors(model: torch.nn.Module, schema: TableSchema, tensors: dict[str, torch.Tensor]) -> dict[str, float]:
     assert schema.target is not None
-    loader = BatchLoader(tensors, EVAL_BATCH_ROWS, shuffle=False)
+    loader = BatchLoader(tensors, _eval_rows(tensors), shuffle=False)
     outputs, targets = predict_outputs(model, loader, next(model.parameters()).device)
     task = schema.target.task
     return {"loss": loss_for_task(task)(outputs, targets).item(), **metrics_for_task(task, schema.target.std)(outputs, targets)}
@@ -294,21 +314,33 @@ class Predictor:
         assert self.schema.target is not None
         return self.schema.target.task
 
-    def predict(self, data: Any, *, source: str = "data") -> pl.DataFrame:
+    def predict(self, data: Any, *, source: str = "data", image_dir: str | None = None) -> pl.DataFrame:
         """A frame with `prediction` (labels / original units) and, for classification, probabilities."""
+        if getattr(self.schema, "kind", "table") == "image":  # a folder, CSV of files, idx folder or pixels
+            raw = image_api.read_for_predict(self.schema, data, with_labels=False, image_dir=image_dir)
+            predictions = self.predict_frame(torch.from_numpy(raw.images))
+            return pl.concat([pl.DataFrame({"file": raw.files}), predictions], how="horizontal") if raw.files else predictions
         frame = read_table(data) if isinstance(data, str) else as_frame(data)
         return self.predict_frame(frame, source=data if isinstance(data, str) else source)
 
     def predict_frame(self, frame: pl.DataFrame, *, source: str = "data") -> pl.DataFrame:
-        """The one prediction path: `predict`, the CLI and the HTTP server all come through here."""
-        tensors = self.schema.transform(frame, with_target=False, source=source)
+        """The one prediction path: `predict`, the CLI and the HTTP server all come through here.
+        For an image model the "frame" is uint8 pixels [N, C, H, W] at the schema's size."""
+        if isinstance(frame, torch.Tensor):
+            tensors, rows, batch_rows = {"image": frame}, len(frame), EVAL_BATCH_IMAGES
+        else:
+            tensors = self.schema.transform(frame, with_target=False, source=source)
+            rows, batch_rows = frame.height, EVAL_BATCH_ROWS
         outputs = []
         with torch.no_grad():
-            for start in range(0, frame.height, EVAL_BATCH_ROWS):
-                outputs.append(self.model(**{k: v[start : start + EVAL_BATCH_ROWS] for k, v in tensors.items()}))
+            for start in range(0, rows, batch_rows):
+                outputs.append(self.model(**{k: v[start : start + batch_rows] for k, v in tensors.items()}))
         return self.schema.decode(torch.cat(outputs))
 
-    def evaluate(self, data: Any, *, source: str = "data") -> dict[str, float]:
+    def evaluate(self, data: Any, *, source: str = "data", image_dir: str | None = None) -> dict[str, float]:
+        if getattr(self.schema, "kind", "table") == "image":
+            raw = image_api.read_for_predict(self.schema, data, with_labels=True, image_dir=image_dir)
+            return evaluate_tensors(self.model, self.schema, self.schema.transform(raw, source=str(data)))
         frame = read_table(data) if isinstance(data, str) else as_frame(data)
         tensors = self.schema.transform(frame, source=source if not isinstance(data, str) else data)
         return evaluate_tensors(self.model, self.schema, tensors)
@@ -326,7 +358,7 @@ def load(path: str) -> Predictor | TensorPredictor:
     elif storage.exists("bundle.json"):
         model, schema, meta = read_bundle(storage)
     elif storage.exists("config.json"):
-        schema = TableSchema.from_dict(_read_json(storage, "schema.json", path))
+        schema = schema_from_dict(_read_json(storage, "schema.json", path))
         spec = _read_json(storage, "model.json", path)
         model = build_model(spec["architecture"], spec["args"])
         restored = Checkpointer(storage).restore(model=model, restore_rng=False)

@@ -1,7 +1,8 @@
 """RunConfig: every setting of a run, composed from each component's own config dataclass.
 
 A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [train.transfer],
-[checkpoint], [track]); CLI flags override the file; the resolved config is saved in the run directory as config.json.
+[checkpoint], [track], [vision]); CLI flags override the file; the resolved config is saved in the run
+directory as config.json.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from torchkeep.errors import ConfigError
 from torchkeep.models.tabular import TabularModelConfig
+from torchkeep.models.vision import VisionModelConfig
 from torchkeep.track.build import TrackConfig
 from torchkeep.train.loop import TrainConfig
 from torchkeep.train.optim import OptimConfig
@@ -32,6 +34,24 @@ class DataConfig:
     drop: list[str] = field(default_factory=list)
     max_integer_levels: int = 32  # integer columns with at most this many values are categorical
     standardize_target: bool = True  # regression only
+    # images (`path` a folder of class sub-folders, an idx folder, or a CSV of files and labels)
+    image_dir: str | None = None  # where the CSV's file names point (default: the CSV's folder)
+    file_column: str | None = None  # CSV column of file names (default: file/filename/path/image, else the first)
+    label_column: str | None = None  # CSV column of labels (default: label/class/target, else the second)
+    image_size: list[int] | None = None  # [height, width] (or [side]) images are resized to; None: the first image's
+    channels: int | None = None  # 1 (gray) or 3 (RGB); None: gray when the first image is gray, else RGB
+    image_memory_bytes: int = 2 << 30  # decoded images must fit this in memory (uint8 C*H*W per image)
+    skip_bad_images: bool = False  # leave out (and count) unreadable images instead of stopping
+    augment_pad: int = 0  # training batches: random crop after zero padding by this many pixels (image runs: 1)
+    augment_flip: bool = False  # training batches: random horizontal flip (not for digits or text)
+    # Images over image_memory_bytes are streamed from their files by DataLoader workers (torchdata's
+    # StatefulDataLoader: exact mid-epoch resume). None: chosen for the machine (workers: 0 on <= 2
+    # cores, where they compete with training threads, else min(4, cores // 2); pin_memory with CUDA;
+    # persistent workers when there are workers; prefetch_factor 2).
+    num_workers: int | None = None
+    pin_memory: bool | None = None
+    persistent_workers: bool | None = None
+    prefetch_factor: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.valid_fraction < 1:
@@ -40,6 +60,12 @@ class DataConfig:
             raise ConfigError(f"data.task must be binary, multiclass or regression (got {self.task!r})")
         if self.max_integer_levels < 0:
             raise ConfigError(f"data.max_integer_levels must be >= 0 (got {self.max_integer_levels})")
+        if self.image_size is not None and (len(self.image_size) not in (1, 2) or min(self.image_size) < 1):
+            raise ConfigError(f"data.image_size must be [height, width] or [side] of positive sizes (got {self.image_size})")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels must be 1 (gray) or 3 (RGB) (got {self.channels})")
+        if self.image_memory_bytes < 1 or self.augment_pad < 0:
+            raise ConfigError("data.image_memory_bytes must be > 0 and data.augment_pad >= 0")
 
 
 @dataclass(kw_only=True)
@@ -65,6 +91,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    vision: VisionModelConfig = field(default_factory=VisionModelConfig)  # image runs' model
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,7 +109,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: expected a table of settings (got {type(data).__name__})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     nested = {"data": DataConfig, "model": TabularModelConfig, "train": TrainConfig,
-              "checkpoint": CheckpointConfig, "optim": OptimConfig, "track": TrackConfig, "transfer": TransferConfig}
+              "checkpoint": CheckpointConfig, "optim": OptimConfig, "track": TrackConfig, "transfer": TransferConfig,
+              "vision": VisionModelConfig}
     kwargs = {}
     for key, value in data.items():
         name = _ALIASES.get(key, key)

@@ -16,7 +16,8 @@ def run(args: argparse.Namespace) -> int:
     from torchkeep.data.builtin import EXAMPLES
 
     for example in EXAMPLES.values():
-        print(f"{example.name}: {example.rows:,} rows, target '{example.target}' ({example.task})")
+        what = "images" if example.kind == "image" else "rows"
+        print(f"{example.name}: {example.rows:,} {what}, target '{example.target}' ({example.task})")
         print(f"  {example.description}")
         print(f"  source: {example.source}; licence: {example.licence}")
         print(f"  file: {example.path}")

@@ -13,6 +13,8 @@ def add_parser(commands: Any) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a bundle")
     p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet) with the target column")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--image-dir", metavar="DIR", help="image runs: folder a CSV's file names are relative to"
+                   " (default: the CSV's folder); --data may also be a folder of class folders or idx files")
     p.set_defaults(run=run)
 
 
@@ -20,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     import torchkeep
 
     predictor = torchkeep.load(args.run_dir)
-    metrics = predictor.evaluate(args.data)
+    metrics = predictor.evaluate(args.data, image_dir=args.image_dir)
     if args.json:
         print(json.dumps(metrics))
     else:

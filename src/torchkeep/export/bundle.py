@@ -52,7 +52,7 @@ def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model
         "bundle_version": BUNDLE_VERSION,
         "architecture": architecture,
         "model_args": model_args,
-        "preprocessor": preprocessor or {"kind": "table", "schema": schema.to_dict()},  # type: ignore[union-attr]
+        "preprocessor": preprocessor or {"kind": getattr(schema, "kind", "table"), "schema": schema.to_dict()},  # type: ignore[union-attr]
         "task": task if schema is None else schema.target.task if schema.target else None,
         "metrics": metrics,
         "versions": versions(),
@@ -68,9 +68,18 @@ def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model
     storage.write(f"{base}{MANIFEST}", json.dumps({"files": manifest}, indent=1).encode())
 
 
-def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, TableSchema | None, dict[str, Any]]:
+def schema_from_dict(data: dict[str, Any], kind: str = "table") -> Any:
+    """The preprocessor saved in a bundle or run: a TableSchema, or an ImageSchema for image runs."""
+    if kind == "image" or data.get("kind") == "image":
+        from torchkeep.data.images import ImageSchema
+
+        return ImageSchema.from_dict(data)
+    return TableSchema.from_dict(data)
+
+
+def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model in eval mode, schema, bundle.json contents), every file checked against the manifest.
-    The schema is None for a bundle of tensors in, tensors out (a user's own model)."""
+    The schema is a TableSchema or ImageSchema; None for a bundle of tensors in, tensors out (a user's own model)."""
     base = f"{prefix}/" if prefix else ""
     where = f"{storage.uri}/{prefix}".rstrip("/")
     try:
@@ -87,7 +96,8 @@ def read_bundle(storage: Storage, prefix: str = "") -> tuple[nn.Module, TableSch
     meta = json.loads(files[BUNDLE_FILE])
     if meta.get("bundle_version") != BUNDLE_VERSION:
         raise CheckpointError(f"{where}: bundle_version {meta.get('bundle_version')!r}, expected {BUNDLE_VERSION}")
-    schema = TableSchema.from_dict(meta["preprocessor"]["schema"]) if meta["preprocessor"]["kind"] == "table" else None
+    kind = meta["preprocessor"].get("kind", "table")
+    schema = schema_from_dict(meta["preprocessor"]["schema"], kind) if kind in ("table", "image") else None
     model = build_model(meta["architecture"], meta["model_args"])
     try:
         model.load_state_dict(tensor_files.decode(files[WEIGHTS_FILE], f"{where}/{WEIGHTS_FILE}"))

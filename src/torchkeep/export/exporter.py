@@ -76,6 +76,12 @@ def export(source: str, *, format: str, out: str, data: str | None = None) -> Ex
 
         return export_own(predictor, format=format, out=out, data=data)
     model, schema = predictor.model.cpu().eval(), predictor.schema
+    if getattr(schema, "kind", "table") == "image":  # one `image` input, parity on real images
+        from torchkeep.export.images import export_image_model
+
+        architecture, model_args = _model_spec(source, predictor.meta)
+        return export_image_model(source, model=model, schema=schema, architecture=architecture, model_args=model_args,
+                                  metrics=predictor.meta.get("metrics") or {}, format=format, out=out, data=data)
     architecture, model_args = _model_spec(source, predictor.meta)
     rows_from = parity_data(source, data)
     inputs = parity_inputs(schema, rows_from)

@@ -9,6 +9,7 @@ from torch import nn
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import ConfigError
 from torchkeep.models.tabular import EntityEmbeddingMLP, TabularModelConfig, default_embedding_dim
+from torchkeep.models.vision import ImageMLP, SmallCNN
 
 
 def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[str, Any]:
@@ -45,8 +46,13 @@ def build_model(architecture: str, args: dict[str, Any]) -> nn.Module:
             from torchkeep.models.imported import rebuild
 
             return rebuild(args)
+        case "image_cnn":
+            return SmallCNN(**args)
+        case "image_mlp":
+            return ImageMLP(**args)
         case _:
-            raise ConfigError(f"unknown model architecture {architecture!r} (known: entity_embedding_mlp, python)")
+            raise ConfigError(f"unknown model architecture {architecture!r}"
+                              " (known: entity_embedding_mlp, image_cnn, image_mlp, python)")
 
 
 def loss_for_task(task: str) -> nn.Module:

@@ -141,7 +141,12 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse, Response
 
-    validator = RowValidator(predictor.schema, max_rows=config.max_rows_per_request, strict=config.strict)
+    if getattr(predictor.schema, "kind", "table") == "image":  # base64 images in JSON, or multipart uploads
+        from torchkeep.serve.images import ImageRowValidator
+
+        validator: Any = ImageRowValidator(predictor.schema, max_rows=config.max_rows_per_request, strict=config.strict)
+    else:
+        validator = RowValidator(predictor.schema, max_rows=config.max_rows_per_request, strict=config.strict)
     token = config.token.encode() if config.token is not None else None
     too_large = _error_body("body", f"body larger than {config.max_body_bytes} bytes")
     unauthorized = _error_body("authorization", "missing or wrong bearer token")
@@ -227,7 +232,9 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
 
     async def _predict(headers: dict[bytes, bytes], receive: Any) -> Answer | None:
         content_type = headers.get(b"content-type", b"")
-        if content_type.split(b";")[0].strip().lower() != b"application/json":
+        media_type = content_type.split(b";")[0].strip().lower()
+        upload = media_type == b"multipart/form-data" and getattr(validator, "accepts_files", False)
+        if media_type != b"application/json" and not upload:
             shown = content_type.decode("latin-1")[:100] or "none"
             return 415, _error_body("content-type", f"expected application/json (got {shown!r})"), []
         declared = headers.get(b"content-length")
@@ -244,11 +251,11 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
                 return 413, too_large, []
             more = message.get("more_body", False)
         try:
-            parsed = _DECODER.decode(body.decode(json.detect_encoding(body)))
+            parsed = None if upload else _DECODER.decode(body.decode(json.detect_encoding(body)))
         except (ValueError, RecursionError) as problem:  # UnicodeDecodeError is a ValueError
             return 400, _error_body("body", f"malformed JSON: {str(problem)[:200]}"), []
         try:
-            rows = validator.rows(parsed)
+            rows = validator.files(content_type, body) if upload else validator.rows(parsed)
         except RequestError as problem:
             return problem.status, _error_body(problem.field, problem.message), []
         started = time.perf_counter()

@@ -1,0 +1,112 @@
+"""Image models: the seeds' MLP (Flatten + Linear stack) and a small CNN (conv-BN-ReLU blocks).
+
+Both take `image`, uint8 (or float pixel values 0-255) [N, C, H, W], and normalize it themselves
+with the training split's per-channel mean/std, held as buffers saved with the weights: an export
+or a server needs nothing but decode + resize in front of the model. Parameter names are stable
+for transfer learning: `features.*` is the backbone, `head.*` the classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from torchkeep.errors import ConfigError
+
+ARCHITECTURES = ("cnn", "mlp")
+
+
+@dataclass(kw_only=True)
+class VisionModelConfig:
+    architecture: str = "cnn"  # "cnn" | "mlp" (the seeds' Flatten -> Linear -> ReLU stack)
+    widths: list[int] = field(default_factory=lambda: [32, 64])  # cnn: channels per block (each block halves H, W)
+    convs_per_block: int = 2
+    hidden_sizes: list[int] = field(default_factory=lambda: [512, 512])  # mlp: hidden layer widths
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"vision.architecture must be cnn or mlp (got {self.architecture!r})")
+        for name in ("widths", "hidden_sizes"):
+            values = getattr(self, name)
+            if not values or any(not isinstance(v, int) or v < 1 for v in values):
+                raise ConfigError(f"vision.{name} must be positive integers (got {values})")
+        if not isinstance(self.convs_per_block, int) or self.convs_per_block < 1:
+            raise ConfigError(f"vision.convs_per_block must be >= 1 (got {self.convs_per_block})")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"vision.dropout must be in [0, 1) (got {self.dropout})")
+
+
+class Normalize(nn.Module):
+    """uint8 / 0-255 pixels -> (x / 255 - mean) / std, per channel."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.float() / 255.0 - self.mean) / self.std
+
+
+class ImageMLP(nn.Module):
+    """Flatten -> [Linear -> ReLU -> Dropout] * len(hidden_sizes) -> Linear: the seeds' NeuralNetwork."""
+
+    def __init__(self, *, channels: int, height: int, width: int, out_features: int, mean: list[float],
+                 std: list[float], hidden_sizes: list[int], dropout: float = 0.0) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        layers: list[nn.Module] = [nn.Flatten()]
+        size = channels * height * width
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(size, hidden), nn.ReLU(), nn.Dropout(dropout)]
+            size = hidden
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(size, out_features)
+        self.single_output = out_features == 1
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        output = self.head(self.features(self.normalize(image)))
+        return output.squeeze(1) if self.single_output else output
+
+
+class SmallCNN(nn.Module):
+    """[Conv3x3 -> BN -> ReLU] * convs_per_block -> MaxPool2d(2) per width (a block whose input is
+    already 1 pixel high or wide skips its pooling), then global average pooling, dropout, Linear."""
+
+    def __init__(self, *, channels: int, height: int, width: int, out_features: int, mean: list[float],
+                 std: list[float], widths: list[int], convs_per_block: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        layers: list[nn.Module] = []
+        size = channels
+        for block_width in widths:
+            for _ in range(convs_per_block):
+                layers += [nn.Conv2d(size, block_width, 3, padding=1, bias=False), nn.BatchNorm2d(block_width),
+                           nn.ReLU(inplace=True)]
+                size = block_width
+            if min(height, width) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(size, out_features)
+        self.single_output = out_features == 1
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        output = self.head(self.dropout(self.features(self.normalize(image))))
+        return output.squeeze(1) if self.single_output else output
+
+
+def vision_model_args(config: VisionModelConfig, schema: object) -> dict[str, object]:
+    """Constructor arguments as plain JSON values (saved in model.json and the bundle)."""
+    target = schema.target  # type: ignore[attr-defined]
+    common = {"channels": schema.channels, "height": schema.height, "width": schema.width,  # type: ignore[attr-defined]
+              "out_features": target.output_size, "mean": list(schema.mean), "std": list(schema.std),  # type: ignore[attr-defined]
+              "dropout": config.dropout}
+    if config.architecture == "mlp":
+        return {**common, "hidden_sizes": list(config.hidden_sizes)}
+    return {**common, "widths": list(config.widths), "convs_per_block": config.convs_per_block}

@@ -1,0 +1,67 @@
+"""Image models: what they take and give, stable parameter names, and exports of the CNN that answer
+like the eager model (TorchScript, torch.export with a dynamic batch, ONNX)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+
+from torchkeep.models.build import build_model
+
+ARGS = {"channels": 1, "height": 8, "width": 8, "out_features": 10, "mean": [0.3], "std": [0.4], "dropout": 0.1}
+
+
+def cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model("image_cnn", {**ARGS, "widths": [8, 16], "convs_per_block": 2})
+    with torch.no_grad():  # non-trivial batch-norm statistics, so that eval mode is really exercised
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def pixels(count: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_models_take_uint8_pixels_and_normalize_inside() -> None:
+    model = cnn()
+    images = pixels(4)
+    assert model(images).shape == (4, 10)
+    assert torch.allclose(model(images), model(images.float()))  # uint8 or float pixel values 0-255
+    names = {name.split(".")[0] for name, _ in model.named_parameters()}
+    assert names == {"features", "head"}  # what --freeze 'features.*' targets
+    assert {"normalize.mean", "normalize.std"} <= set(model.state_dict())  # saved with the weights
+    mlp = build_model("image_mlp", {**ARGS, "hidden_sizes": [32], "out_features": 1})
+    assert mlp(images).shape == (4,)  # one output (binary, regression): [N]
+
+
+def test_cnn_exports_answer_like_the_eager_model() -> None:
+    model, example, other = cnn(), pixels(4), pixels(7, seed=2)  # a batch size other than the traced one
+    want = model(other)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(model), buffer)
+        scripted = torch.jit.load(io.BytesIO(buffer.getvalue()))
+    assert torch.allclose(scripted(other), want, atol=1e-5)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (example,), dynamic_shapes={"image": {0: batch}})
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    assert torch.allclose(torch.export.load(io.BytesIO(buffer.getvalue())).module()(other), want, atol=1e-5)
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(model, (example,), None, input_names=["image"], output_names=["output"],
+                                         dynamic_shapes={"image": {0: batch}}, dynamo=True, verbose=False)
+    session = onnxruntime.InferenceSession(onnx_program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"image": other.numpy()})[0])
+    assert torch.allclose(got, want, atol=1e-4)
