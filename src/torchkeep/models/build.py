@@ -9,6 +9,7 @@ from torch import nn
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import ConfigError
 from torchkeep.models.tabular import EntityEmbeddingMLP, TabularModelConfig, default_embedding_dim
+from torchkeep.models.text import TextTableMLP
 
 
 def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[str, Any]:
@@ -37,12 +38,26 @@ def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[
     }
 
 
+def text_model_args(config: TabularModelConfig, schema: TableSchema, embedding_dim: int | None = None) -> dict[str, Any]:
+    """tabular_model_args plus the text columns' encoders; `embedding_dim` from pretrained vectors."""
+    return {
+        **tabular_model_args(config, schema),
+        "vocab_sizes": [len(c.vocab) for c in schema.text],
+        "text_embedding_dim": embedding_dim or config.text_embedding_dim,
+        "text_encoder": config.text_encoder,
+        "freeze_embeddings": config.freeze_embeddings,
+        "text_dropout": config.text_dropout,
+    }
+
+
 def build_model(architecture: str, args: dict[str, Any]) -> nn.Module:
     match architecture:
         case "entity_embedding_mlp":
             return EntityEmbeddingMLP(**args)
+        case "text_table_mlp":
+            return TextTableMLP(**args)
         case _:
-            raise ConfigError(f"unknown model architecture {architecture!r} (known: entity_embedding_mlp)")
+            raise ConfigError(f"unknown model architecture {architecture!r} (known: entity_embedding_mlp, text_table_mlp)")
 
 
 def loss_for_task(task: str) -> nn.Module:
