@@ -213,6 +213,8 @@ def train(
     valid_loader = BatchLoader(valid_tensors, EVAL_BATCH_ROWS, shuffle=False)
     seed_everything(config.train.seed)
     model = build_model(architecture, model_args)
+    if resume is None and schema.text:
+        text_setup.set_token_weights(model, schema)
     if resume is None and schema.text and config.model.embeddings:
         for line in text_setup.load_pretrained(model, schema, config.model.embeddings):
             progress.message(line)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from torch import nn
 
 from torchkeep.config import RunConfig
@@ -61,6 +62,14 @@ def model_args(config: RunConfig, schema: TableSchema) -> dict[str, Any]:
     if config.model.embeddings:
         dim = read_vectors(config.model.embeddings, schema.text[0].vocab)[2]
     return text_model_args(config.model, schema, dim)
+
+
+def set_token_weights(model: nn.Module, schema: TableSchema) -> None:
+    """The training split's IDF into the model's buffers (used by the "idf" bag weighting)."""
+    with torch.no_grad():
+        for index, column in enumerate(schema.text):
+            if column.vocab.idf is not None:
+                model.set_token_weights(index, column.vocab.idf)  # type: ignore[operator]
 
 
 def load_pretrained(model: nn.Module, schema: TableSchema, path: str) -> list[str]:

@@ -76,6 +76,9 @@ class Vocab:
     min_freq: int = 1
     max_size: int | None = None
     stoi: dict[str, int] = field(init=False, repr=False)
+    # Inverse document frequency per index, known only where the vocabulary was just built (it goes
+    # into the model's weights, not into this JSON): log((1 + n) / (1 + df)) + 1, as scikit-learn.
+    idf: list[float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.itos[:2] != [PAD, UNK]:
@@ -92,13 +95,16 @@ class Vocab:
             raise DataError(f"text ngrams must be 1 (words) or 2 (words and word pairs) (got {ngrams})")
         if min_freq < 1 or (max_size is not None and max_size < 1):
             raise DataError(f"vocabulary min_freq and max_size must be >= 1 (got {min_freq}, {max_size})")
+        exploded = _exploded(values, ngrams)
         counts = (
-            _exploded(values, ngrams).group_by("token").len("count")
+            exploded.group_by("token").agg(pl.len().alias("count"), pl.col("row").n_unique().alias("documents"))
             .filter(pl.col("count") >= min_freq).sort(["count", "token"], descending=[True, False])
         )
         if max_size is not None:
             counts = counts.head(max_size)
-        return cls([PAD, UNK, *counts.get_column("token").to_list()], ngrams=ngrams, min_freq=min_freq, max_size=max_size)
+        idf = (np.log((1 + len(values)) / (1 + counts.get_column("documents").to_numpy())) + 1).tolist()
+        return cls([PAD, UNK, *counts.get_column("token").to_list()], ngrams=ngrams, min_freq=min_freq,
+                   max_size=max_size, idf=[0.0, 1.0, *idf])
 
     def lookup(self, tokens: list[str]) -> list[int]:
         return [self.stoi.get(token, UNK_INDEX) for token in tokens]

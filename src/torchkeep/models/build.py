@@ -47,6 +47,7 @@ def text_model_args(config: TabularModelConfig, schema: TableSchema, embedding_d
         "text_encoder": config.text_encoder,
         "freeze_embeddings": config.freeze_embeddings,
         "text_dropout": config.text_dropout,
+        "text_weighting": config.text_weighting,
     }
 
 

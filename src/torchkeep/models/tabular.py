@@ -37,6 +37,7 @@ class TabularModelConfig:
     text_encoder: str = "bag"
     text_embedding_dim: int = 64
     text_dropout: float = 0.0
+    text_weighting: str = "mean"  # bag encoder: "mean" of token vectors, or "idf"-weighted (unit L2 norm)
     embeddings: str | None = None
     freeze_embeddings: bool = False
 

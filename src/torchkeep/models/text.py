@@ -18,11 +18,16 @@ TEXT_ENCODERS = ("bag", "cnn", "gru")
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, vocab_size: int, dim: int, kind: str, freeze: bool = False) -> None:
+    def __init__(self, vocab_size: int, dim: int, kind: str, freeze: bool = False, weighting: str = "mean") -> None:
         super().__init__()
         self.kind = kind
+        self.weighted = kind == "bag" and weighting == "idf"
+        # "idf": each token weighted by its inverse document frequency, weights scaled to unit L2 norm
+        # per text (TF-IDF's weighting); the weights are a buffer set from the training split.
+        self.register_buffer("token_weights", torch.ones(vocab_size) if self.weighted else torch.ones(0))
         if kind == "bag":
-            self.embedding: nn.Module = nn.EmbeddingBag(vocab_size, dim, mode="mean", padding_idx=0)
+            mode = "sum" if self.weighted else "mean"
+            self.embedding: nn.Module = nn.EmbeddingBag(vocab_size, dim, mode=mode, padding_idx=0)
         else:
             self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
         # fastText's initialization (uniform +-1/dim): N(0, 1) rows made the mean of a few hundred
@@ -37,6 +42,10 @@ class TextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids int64 [N, L] (0 = padding) -> float [N, dim]."""
+        if self.weighted:
+            weights = self.token_weights[ids] * (ids != 0)
+            weights = weights / weights.norm(dim=1, keepdim=True).clamp(min=1e-6)
+            return self.embedding(ids, per_sample_weights=weights)
         if self.conv is None and self.gru is None:
             return self.embedding(ids)
         mask = (ids != 0).unsqueeze(2)
@@ -65,6 +74,7 @@ class TextTableMLP(nn.Module):
         text_encoder: str = "bag",
         freeze_embeddings: bool = False,
         text_dropout: float = 0.0,
+        text_weighting: str = "mean",
         dropout: float = 0.0,
         batch_norm: str = "continuous",
         embedding_dropout: float = 0.0,
@@ -79,7 +89,7 @@ class TextTableMLP(nn.Module):
         )
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.text_encoders = nn.ModuleList(
-            TextEncoder(n, text_embedding_dim, text_encoder, freeze_embeddings) for n in vocab_sizes
+            TextEncoder(n, text_embedding_dim, text_encoder, freeze_embeddings, text_weighting) for n in vocab_sizes
         )
         self.text_dropout = nn.Dropout(text_dropout)
         self.continuous_norm = (
@@ -107,6 +117,11 @@ class TextTableMLP(nn.Module):
             x = torch.cat([x, self.continuous_norm(continuous)], dim=1)
         out = self.head(self.mlp(x))
         return out.squeeze(1) if self.out_features == 1 else out
+
+    def set_token_weights(self, column: int, weights: list[float]) -> None:
+        encoder = self.text_encoders[column]
+        if encoder.weighted:
+            encoder.token_weights.copy_(torch.tensor(weights, dtype=encoder.token_weights.dtype))
 
     def load_vectors(self, column: int, vectors: torch.Tensor, found: torch.Tensor) -> None:
         """Pretrained rows for the words that were `found`; the others keep their initialization."""
