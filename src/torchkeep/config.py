@@ -33,7 +33,7 @@ class DataConfig:
     standardize_target: bool = True  # regression only
     # Text columns (data/text.py): tokenized, a vocabulary fitted on the training split.
     text_columns: list[str] = field(default_factory=list)
-    max_tokens: int = 256  # token ids kept per text (words, plus word pairs with text_ngrams = 2)
+    max_tokens: int = 1024  # token ids kept per text (words, plus word pairs with text_ngrams = 2)
     text_ngrams: int | None = None  # 1: words, 2: words and word pairs; None: 2 for the bag encoder, else 1
     min_freq: int = 2  # a token enters the vocabulary when seen this often in the training split
     max_vocab: int | None = 100_000

@@ -13,6 +13,7 @@ from torchkeep.config import RunConfig
 from torchkeep.data.table import TableSchema
 from torchkeep.data.text import read_vectors
 from torchkeep.models.build import text_model_args
+from torchkeep.models.tabular import TabularModelConfig
 from torchkeep.train.loop import TrainConfig
 from torchkeep.train.optim import OptimConfig
 
@@ -21,27 +22,30 @@ ARCHITECTURE = "text_table_mlp"
 # Training defaults of a run with text columns, replacing the table defaults (3 epochs of batch
 # 1024 are a dozen optimizer steps on a few thousand reviews). Chosen on a validation split of
 # small_fine_foods' training_data (bench/text.py); a setting given explicitly is kept.
-TEXT_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 64, "lr": 3e-3}
+TEXT_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "hidden_sizes": [32]}
 
 
 def _field_default(cls: type, name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    found = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return found.default_factory() if found.default is dataclasses.MISSING else found.default  # type: ignore[misc]
 
 
 def apply_text_defaults(config: RunConfig, explicit: set[str]) -> tuple[RunConfig, list[str]]:
     """TEXT_TRAIN_DEFAULTS where the config holds the table default and no flag/keyword set it."""
-    train, optim = config.train, config.train.optim
+    train, optim, model = config.train, config.train.optim, config.model
     changed: list[str] = []
     for name, value in TEXT_TRAIN_DEFAULTS.items():
-        owner, cls = (optim, OptimConfig) if name == "lr" else (train, TrainConfig)
+        owner, cls = {"lr": (optim, OptimConfig), "hidden_sizes": (model, TabularModelConfig)}.get(name, (train, TrainConfig))
         if name in explicit or getattr(owner, name) != _field_default(cls, name):
             continue
-        changed.append(f"{name} {value:g}")
+        changed.append(f"{name} {','.join(map(str, value)) if isinstance(value, list) else format(value, 'g')}")
         if owner is optim:
             optim = dataclasses.replace(optim, **{name: value})
+        elif owner is model:
+            model = dataclasses.replace(model, **{name: value})
         else:
             train = dataclasses.replace(train, **{name: value})
-    return dataclasses.replace(config, train=dataclasses.replace(train, optim=optim)), changed
+    return dataclasses.replace(config, train=dataclasses.replace(train, optim=optim), model=model), changed
 
 
 def resolved_ngrams(config: RunConfig) -> int:
@@ -54,7 +58,7 @@ def resolved_ngrams(config: RunConfig) -> int:
 def fit_kwargs(config: RunConfig) -> dict[str, Any]:
     data = config.data
     return {"text": data.text_columns, "max_tokens": data.max_tokens, "text_ngrams": resolved_ngrams(config),
-            "min_freq": data.min_freq, "max_vocab": data.max_vocab}
+            "min_freq": data.min_freq, "max_vocab": data.max_vocab, "distinct_tokens": config.model.text_encoder == "bag"}
 
 
 def model_args(config: RunConfig, schema: TableSchema) -> dict[str, Any]:

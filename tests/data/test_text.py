@@ -55,6 +55,12 @@ def test_word_pairs_are_tokens_and_unseen_pairs_are_dropped_while_unseen_words_a
     assert ids.tolist() == [[vocab.stoi["not"], vocab.stoi["not good"], vocab.stoi["good"], 1, 0, 0], [0] * 6]
 
 
+def test_distinct_keeps_each_token_once_per_text_in_order_of_first_appearance():
+    vocab = Vocab.build(reviews(), distinct=True)
+    assert vocab.encode(pl.Series(["good food good good tea"]), max_tokens=5).tolist() == [[2, 3, 6, 0, 0]]
+    assert Vocab.from_dict(vocab.to_dict()).distinct
+
+
 def test_encode_truncates_to_max_tokens():
     vocab = Vocab.build(reviews())
     assert vocab.encode(pl.Series(["good food bad tea"]), max_tokens=2).tolist() == [[2, 3]]
@@ -86,7 +92,7 @@ def table() -> pl.DataFrame:
 def test_schema_with_a_text_column_transforms_to_token_ids_and_round_trips():
     schema = TableSchema.fit(table(), target="score", text=["review"], max_tokens=4)
     tensors = schema.transform(table())
-    assert tensors["text"].shape == (30, 1, 4) and tensors["text"].dtype == torch.int64
+    assert tensors["text"].shape == (30, 1, 4) and tensors["text"].dtype == torch.int32
     assert tensors["categorical"].shape == (30, 1) and tensors["continuous"].shape == (30, 1)
     again = TableSchema.from_json(schema.to_json())
     assert again.text[0].vocab.itos == schema.text[0].vocab.itos

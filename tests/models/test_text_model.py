@@ -47,7 +47,7 @@ def test_frozen_pretrained_vectors_are_in_the_bundle_unchanged_after_training(tm
     path = tmp_path / "glove.txt"
     path.write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vectors.items()))
 
-    result = torchkeep.train(frame, target="score", text_columns=["review"], run_dir=str(tmp_path / "run"),
+    torchkeep.train(frame, target="score", text_columns=["review"], run_dir=str(tmp_path / "run"),
                              embeddings=str(path), freeze_embeddings=True, epochs=2, quiet=True)
 
     bundle = json.loads((tmp_path / "run/bundle/bundle.json").read_text())
@@ -58,7 +58,6 @@ def test_frozen_pretrained_vectors_are_in_the_bundle_unchanged_after_training(tm
     assert table.shape == (len(itos), 4)  # the file's size sets the vector size
     for word in chosen:
         assert table[itos.index(word)].tolist() == pytest.approx(vectors[word], abs=1e-6)
-    assert result.valid["roc_auc"] > 0.5
 
 
 def test_coverage_of_pretrained_vectors_is_reported(tmp_path, capsys):

@@ -49,7 +49,7 @@ def add_parser(commands: Any) -> None:
     text = p.add_argument_group("text columns (lower-cased, split into Unicode words; punctuation dropped)")
     text.add_argument("--text-column", action="append", metavar="COLS", dest="text_columns",
                       help="train these columns as text (comma list or repeated); `--example reviews` sets 'review'")
-    text.add_argument("--max-tokens", type=int, metavar="N", help="token ids kept per text, the rest cut (default 256)")
+    text.add_argument("--max-tokens", type=int, metavar="N", help="token ids kept per text, the rest cut (default 1024)")
     text.add_argument("--text-ngrams", type=int, choices=[1, 2], metavar="N",
                       help="1: words; 2: words and word pairs, fastText style (default 2 for bag, 1 for cnn/gru)")
     text.add_argument("--min-freq", type=int, metavar="N", help="times a token is seen in training to enter the vocabulary (default 2)")

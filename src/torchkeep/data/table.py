@@ -156,10 +156,11 @@ class TableSchema:
         standardize_target: bool = True,
         source: str = "training data",
         text: list[str] | tuple[str, ...] = (),
-        max_tokens: int = 256,
+        max_tokens: int = 1024,
         text_ngrams: int = 1,
         min_freq: int = 1,
         max_vocab: int | None = None,
+        distinct_tokens: bool = False,
     ) -> TableSchema:
         if frame.height == 0:
             raise DataError(f"{source}: the training split is empty")
@@ -182,7 +183,8 @@ class TableSchema:
             raise DataError(f"max_tokens must be >= 1 (got {max_tokens})")
         text_columns = [
             TextColumn(name=name, max_tokens=max_tokens, vocab=Vocab.build(
-                text_values(frame, name, source), ngrams=text_ngrams, min_freq=min_freq, max_size=max_vocab))
+                text_values(frame, name, source), ngrams=text_ngrams, min_freq=min_freq, max_size=max_vocab,
+                distinct=distinct_tokens))
             for name in text
         ]
         for column in text_columns:
@@ -313,7 +315,7 @@ class TableSchema:
         return len(self.continuous) + sum(c.missing_indicator for c in self.continuous)
 
     def transform(self, frame: pl.DataFrame, *, with_target: bool = True, source: str = "data") -> dict[str, torch.Tensor]:
-        """`categorical` int64 [N, C], `continuous` float32 [N, K], with text columns `text` int64
+        """`categorical` int64 [N, C], `continuous` float32 [N, K], with text columns `text` int32
         [N, T, max_tokens] (token ids, 0-padded), and (with_target) `target`."""
         missing = [n for n in self.feature_names if n not in frame.columns]
         if missing:

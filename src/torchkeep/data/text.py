@@ -75,6 +75,9 @@ class Vocab:
     ngrams: int = 1
     min_freq: int = 1
     max_size: int | None = None
+    # Each token once per text (a set of words, as a binary bag of words), in order of first
+    # appearance: for the bag encoder, where a word said five times otherwise outweighs the rest.
+    distinct: bool = False
     stoi: dict[str, int] = field(init=False, repr=False)
     # Inverse document frequency per index, known only where the vocabulary was just built (it goes
     # into the model's weights, not into this JSON): log((1 + n) / (1 + df)) + 1, as scikit-learn.
@@ -89,7 +92,8 @@ class Vocab:
         return len(self.itos)
 
     @classmethod
-    def build(cls, values: pl.Series, *, ngrams: int = 1, min_freq: int = 1, max_size: int | None = None) -> Vocab:
+    def build(cls, values: pl.Series, *, ngrams: int = 1, min_freq: int = 1, max_size: int | None = None,
+              distinct: bool = False) -> Vocab:
         """Fit on training texts only: tokens seen >= min_freq times, most frequent first, at most max_size."""
         if ngrams not in (1, 2):
             raise DataError(f"text ngrams must be 1 (words) or 2 (words and word pairs) (got {ngrams})")
@@ -104,32 +108,35 @@ class Vocab:
             counts = counts.head(max_size)
         idf = (np.log((1 + len(values)) / (1 + counts.get_column("documents").to_numpy())) + 1).tolist()
         return cls([PAD, UNK, *counts.get_column("token").to_list()], ngrams=ngrams, min_freq=min_freq,
-                   max_size=max_size, idf=[0.0, 1.0, *idf])
+                   max_size=max_size, distinct=distinct, idf=[0.0, 1.0, *idf])
 
     def lookup(self, tokens: list[str]) -> list[int]:
         return [self.stoi.get(token, UNK_INDEX) for token in tokens]
 
     def encode(self, values: pl.Series, max_tokens: int) -> torch.Tensor:
-        """int64 [N, max_tokens] token ids, padded with 0 and truncated after max_tokens tokens."""
+        """int32 [N, max_tokens] token ids, padded with 0 and truncated after max_tokens tokens (int32: half
+        the memory of int64; embedding layers take either)."""
         exploded = _exploded(values, self.ngrams)
         table = pl.DataFrame({"token": self.itos[2:], "id": np.arange(2, len(self.itos), dtype=np.int64)})
         ids = (
             exploded.join(table, on="token", how="left")
             .filter(pl.col("id").is_not_null() | ~pl.col("pair"))  # unseen words -> <unk>, unseen pairs dropped
+            .filter(pl.lit(not self.distinct) | pl.struct("row", "id").is_first_distinct())
             .with_columns(pl.col("id").fill_null(UNK_INDEX), position=pl.int_range(pl.len()).over("row"))
             .filter(pl.col("position") < max_tokens)
         )
-        out = np.zeros((len(values), max_tokens), dtype=np.int64)
+        out = np.zeros((len(values), max_tokens), dtype=np.int32)
         out[ids.get_column("row").to_numpy(), ids.get_column("position").to_numpy()] = ids.get_column("id").to_numpy()
         return torch.from_numpy(out)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"itos": self.itos, "ngrams": self.ngrams, "min_freq": self.min_freq, "max_size": self.max_size}
+        return {"itos": self.itos, "ngrams": self.ngrams, "min_freq": self.min_freq, "max_size": self.max_size,
+                "distinct": self.distinct}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Vocab:
         return cls(list(data["itos"]), ngrams=data.get("ngrams", 1), min_freq=data.get("min_freq", 1),
-                   max_size=data.get("max_size"))
+                   max_size=data.get("max_size"), distinct=data.get("distinct", False))
 
 
 @dataclass
