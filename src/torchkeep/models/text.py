@@ -18,6 +18,8 @@ TEXT_ENCODERS = ("bag", "cnn", "gru")
 
 
 class TextEncoder(nn.Module):
+    __constants__ = ["weighted"]  # TorchScript compiles only the branch this encoder takes
+
     def __init__(self, vocab_size: int, dim: int, kind: str, freeze: bool = False, weighting: str = "mean") -> None:
         super().__init__()
         self.kind = kind
@@ -41,7 +43,8 @@ class TextEncoder(nn.Module):
         self.output_size = dim
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids int64 [N, L] (0 = padding) -> float [N, dim]."""
+        """ids int32 or int64 [N, L] (0 = padding) -> float [N, dim]."""
+        ids = ids.long()  # kept int32 in memory; int64 here, as ONNX's embedding-bag decomposition needs
         if self.weighted:
             weights = self.token_weights[ids] * (ids != 0)
             weights = weights / weights.norm(dim=1, keepdim=True).clamp(min=1e-6)
