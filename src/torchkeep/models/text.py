@@ -45,6 +45,11 @@ class TextEncoder(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids int32 or int64 [N, L] (0 = padding) -> float [N, dim]."""
         ids = ids.long()  # kept int32 in memory; int64 here, as ONNX's embedding-bag decomposition needs
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            # Eager only: cut the padding after the batch's longest text (ids are packed to the left).
+            # Pads are excluded from every encoder's result, so outputs are unchanged, and a batch of
+            # short reviews no longer pays for max_tokens. Traced exports keep the full width.
+            ids = ids[:, : max(1, int((ids != 0).sum(dim=1).max()))]
         if self.weighted:
             weights = self.token_weights[ids] * (ids != 0)
             weights = weights / weights.norm(dim=1, keepdim=True).clamp(min=1e-6)
