@@ -27,17 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, table  # noqa: E402
+from _common import environment, table
 
-import torchkeep  # noqa: E402
-from torchkeep.data.loader import BatchLoader  # noqa: E402
-from torchkeep.data.table import TableSchema  # noqa: E402
+import torchkeep
+from torchkeep.data.loader import BatchLoader
+from torchkeep.data.table import TableSchema
 
 BASELINE_AUC = 0.879  # ../shared/BASELINES.md, measured once; re-measured below in the same run
 POSITIVE = "great"

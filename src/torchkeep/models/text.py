@@ -18,7 +18,7 @@ TEXT_ENCODERS = ("bag", "cnn", "gru")
 
 
 class TextEncoder(nn.Module):
-    __constants__ = ["weighted"]  # TorchScript compiles only the branch this encoder takes
+    __constants__ = ("weighted",)  # TorchScript compiles only the branch this encoder takes
 
     def __init__(self, vocab_size: int, dim: int, kind: str, freeze: bool = False, weighting: str = "mean") -> None:
         super().__init__()
