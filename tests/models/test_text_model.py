@@ -67,3 +67,17 @@ def test_coverage_of_pretrained_vectors_is_reported(tmp_path, capsys):
                     embeddings=str(path), epochs=1)
     vocabulary = len(json.loads((tmp_path / "run/schema.json").read_text())["text"][0]["vocab"]["itos"]) - 2
     assert f"embeddings: 2 of {vocabulary:,} vocabulary tokens of 'review' found in {path}" in capsys.readouterr().err
+
+
+def test_a_stopped_text_run_resumes_to_the_same_weights(tmp_path):
+    settings = {"target": "score", "text_columns": ["review"], "epochs": 2, "every_steps": 1, "quiet": True}
+    torchkeep.train(review_table(), run_dir=str(tmp_path / "whole"), **settings)
+    torchkeep.train(review_table(), run_dir=str(tmp_path / "stopped"), stop_at_step=3, **settings)
+    torchkeep.train(review_table(), resume=str(tmp_path / "stopped"), quiet=True)
+
+    def weights(run: str) -> dict[str, torch.Tensor]:
+        return tensor_files.decode((tmp_path / run / "bundle/model.safetensors").read_bytes(), "model.safetensors")
+
+    whole, resumed = weights("whole"), weights("stopped")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
