@@ -46,7 +46,9 @@ def add_parser(commands: Any) -> None:
     data.add_argument("--categorical", action="append", metavar="COLS", help="force columns categorical (comma list)")
     data.add_argument("--continuous", action="append", metavar="COLS", help="force columns continuous (comma list)")
     data.add_argument("--drop", action="append", metavar="COLS", help="ignore columns (comma list)")
-    text = p.add_argument_group("text columns (lower-cased, split into Unicode words; punctuation dropped)")
+    text = p.add_argument_group(
+        "text columns", "Lower-cased, split into Unicode words, punctuation dropped; a vocabulary fitted on the"
+        " training split. A run with text columns defaults to 10 epochs, batch 64, lr 1e-3, MLP 32.")
     text.add_argument("--text-column", action="append", metavar="COLS", dest="text_columns",
                       help="train these columns as text (comma list or repeated); `--example reviews` sets 'review'")
     text.add_argument("--max-tokens", type=int, metavar="N", help="token ids kept per text, the rest cut (default 1024)")
