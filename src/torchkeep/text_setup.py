@@ -58,7 +58,8 @@ def resolved_ngrams(config: RunConfig) -> int:
 def fit_kwargs(config: RunConfig) -> dict[str, Any]:
     data = config.data
     return {"text": data.text_columns, "max_tokens": data.max_tokens, "text_ngrams": resolved_ngrams(config),
-            "min_freq": data.min_freq, "max_vocab": data.max_vocab, "distinct_tokens": config.model.text_encoder == "bag"}
+            "min_freq": data.min_freq, "max_vocab": data.max_vocab, "char_ngrams": data.char_ngrams,
+            "distinct_tokens": config.model.text_encoder == "bag"}
 
 
 def model_args(config: RunConfig, schema: TableSchema) -> dict[str, Any]:

@@ -138,3 +138,13 @@ def test_a_vectors_file_with_ragged_lines_is_refused_with_the_line(tmp_path):
     path.write_text("good 1 2 3\nfood 1 2\n")
     with pytest.raises(DataError, match="line 2"):
         read_vectors(str(path), Vocab.build(pl.Series(["good food"])))
+
+
+def test_an_unseen_word_becomes_its_known_character_ngrams():
+    # "tastier" and "toasty" are rare (seen once, min_freq 2): their trigrams are learned, "~ast" twice
+    vocab = Vocab.build(pl.Series(["tasty tea", "tasty food", "tastier snack", "toasty bread"]), min_freq=2, char_ngrams=3)
+    assert vocab.itos == [PAD, UNK, "tasty", "~ast"]
+    ids = vocab.encode(pl.Series(["tastey zzzz tasty"]), max_tokens=5)
+    assert [vocab.itos[i] for i in ids[0].tolist()] == ["~ast", UNK, "tasty", PAD, PAD]
+    again = Vocab.from_dict(json.loads(json.dumps(vocab.to_dict())))
+    assert again.char_ngrams == 3 and torch.equal(again.encode(pl.Series(["tastey zzzz tasty"]), 5), ids)

@@ -55,6 +55,8 @@ def add_parser(commands: Any) -> None:
     text.add_argument("--text-ngrams", type=int, choices=[1, 2], metavar="N",
                       help="1: words; 2: words and word pairs, fastText style (default 2 for bag, 1 for cnn/gru)")
     text.add_argument("--min-freq", type=int, metavar="N", help="times a token is seen in training to enter the vocabulary (default 2)")
+    text.add_argument("--char-ngrams", type=int, metavar="N",
+                      help="words not in the vocabulary become their known character N-grams, fastText style (default 0: off)")
     text.add_argument("--max-vocab", type=int, metavar="N", help="vocabulary size cap, most frequent first (default 100000)")
     text.add_argument("--text-encoder", choices=["bag", "cnn", "gru"],
                       help="bag: mean of token vectors (EmbeddingBag, default, fastest); cnn: 1D convolution; gru")
@@ -105,7 +107,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "optimizer", "schedule", "weight_decay", "grad_accum_steps", "clip_grad_norm", "early_stopping_patience",
              "monitor", "valid_every_steps", "seed", "deterministic", "device", "threads", "run_dir", "every_steps", "keep_last",
              "async_save", "log_every_steps", "max_tokens", "text_ngrams", "min_freq", "max_vocab", "text_encoder",
-             "text_embedding_dim", "text_dropout", "embeddings", "freeze_embeddings")
+             "text_embedding_dim", "text_dropout", "embeddings", "freeze_embeddings", "char_ngrams")
 
 
 def run(args: argparse.Namespace) -> int:

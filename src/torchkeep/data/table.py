@@ -161,6 +161,7 @@ class TableSchema:
         min_freq: int = 1,
         max_vocab: int | None = None,
         distinct_tokens: bool = False,
+        char_ngrams: int = 0,
     ) -> TableSchema:
         if frame.height == 0:
             raise DataError(f"{source}: the training split is empty")
@@ -184,7 +185,7 @@ class TableSchema:
         text_columns = [
             TextColumn(name=name, max_tokens=max_tokens, vocab=Vocab.build(
                 text_values(frame, name, source), ngrams=text_ngrams, min_freq=min_freq, max_size=max_vocab,
-                distinct=distinct_tokens))
+                distinct=distinct_tokens, char_ngrams=char_ngrams))
             for name in text
         ]
         for column in text_columns:

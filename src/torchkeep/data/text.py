@@ -7,7 +7,11 @@ The tokenizer (one definition, used by training, predict and serving alike):
   symbols, emoji) separates words and is dropped: "naïve, isn't it?" -> naïve | isn | t | it;
 - empty text and null give no tokens;
 - with `ngrams=2`, every pair of neighbouring words is also a token ("not good"), as fastText does:
-  a bag of words and word pairs catches negation that a bag of words alone misses.
+  a bag of words and word pairs catches negation that a bag of words alone misses;
+- with `char_ngrams=n` (optional), a word that is not in the vocabulary becomes its character n-grams
+  (of "<word>", marked "~": "tastey" -> ~<ta ~tas ~ast ~ste ~tey ~ey>) that are; their vectors are
+  learned from the training split's rare words (seen fewer than min_freq times), so a misspelling or
+  an unseen inflection still says something. Only where none of its n-grams is known is it `<unk>`.
 
 `Vocab`: index 0 is `<pad>` (filling after the last token), 1 is `<unk>` (a word not in the
 vocabulary). Other entries are ordered by training frequency (ties by the token), kept when seen at
@@ -67,6 +71,17 @@ def _exploded(values: pl.Series, ngrams: int) -> pl.DataFrame:
     return pl.concat([frame, pairs]).sort("row", "position")
 
 
+def _char_grams(words: pl.DataFrame, n: int) -> pl.DataFrame:
+    """Each row's `token` (a word) as its character n-grams of "<word>", marked "~" (no word has it),
+    in `sub` order; a word shorter than n - 2 characters gives one n-gram, itself with its markers."""
+    return (
+        words.with_columns(token=pl.lit("<") + pl.col("token") + pl.lit(">"))
+        .with_columns(sub=pl.int_ranges(0, (pl.col("token").str.len_chars() - n + 1).clip(lower_bound=1)))
+        .explode("sub")
+        .with_columns(token=pl.lit("~") + pl.col("token").str.slice(pl.col("sub"), n), sub=pl.col("sub") + 1)
+    )
+
+
 @dataclass
 class Vocab:
     """Token <-> index, with `<pad>` = 0 and `<unk>` = 1. Saved as JSON (`to_dict`)."""
@@ -78,6 +93,7 @@ class Vocab:
     # Each token once per text (a set of words, as a binary bag of words), in order of first
     # appearance: for the bag encoder, where a word said five times otherwise outweighs the rest.
     distinct: bool = False
+    char_ngrams: int = 0  # 0: off; n: unseen words become their known character n-grams
     stoi: dict[str, int] = field(init=False, repr=False)
     # Inverse document frequency per index, known only where the vocabulary was just built (it goes
     # into the model's weights, not into this JSON): log((1 + n) / (1 + df)) + 1, as scikit-learn.
@@ -93,7 +109,7 @@ class Vocab:
 
     @classmethod
     def build(cls, values: pl.Series, *, ngrams: int = 1, min_freq: int = 1, max_size: int | None = None,
-              distinct: bool = False) -> Vocab:
+              distinct: bool = False, char_ngrams: int = 0) -> Vocab:
         """Fit on training texts only: tokens seen >= min_freq times, most frequent first, at most max_size."""
         if ngrams not in (1, 2):
             raise DataError(f"text ngrams must be 1 (words) or 2 (words and word pairs) (got {ngrams})")
@@ -104,11 +120,21 @@ class Vocab:
             exploded.group_by("token").agg(pl.len().alias("count"), pl.col("row").n_unique().alias("documents"))
             .filter(pl.col("count") >= min_freq).sort(["count", "token"], descending=[True, False])
         )
+        if char_ngrams:
+            words = exploded.filter(~pl.col("pair")).group_by("token").agg(pl.len().alias("count"),
+                                                                          pl.col("row").unique().alias("rows"))
+            rare = words.filter(pl.col("count") < min_freq).explode("rows").select(pl.col("rows").alias("row"), "token")
+            grams = (
+                _char_grams(rare, char_ngrams).group_by("token").agg(pl.len().alias("count"),
+                                                                      pl.col("row").n_unique().alias("documents"))
+                .filter(pl.col("count") >= min_freq)
+            )
+            counts = pl.concat([counts, grams.select(counts.columns)]).sort(["count", "token"], descending=[True, False])
         if max_size is not None:
             counts = counts.head(max_size)
         idf = (np.log((1 + len(values)) / (1 + counts.get_column("documents").to_numpy())) + 1).tolist()
         return cls([PAD, UNK, *counts.get_column("token").to_list()], ngrams=ngrams, min_freq=min_freq,
-                   max_size=max_size, distinct=distinct, idf=[0.0, 1.0, *idf])
+                   max_size=max_size, distinct=distinct, char_ngrams=char_ngrams, idf=[0.0, 1.0, *idf])
 
     def lookup(self, tokens: list[str]) -> list[int]:
         return [self.stoi.get(token, UNK_INDEX) for token in tokens]
@@ -118,8 +144,11 @@ class Vocab:
         the memory of int64; embedding layers take either)."""
         exploded = _exploded(values, self.ngrams)
         table = pl.DataFrame({"token": self.itos[2:], "id": np.arange(2, len(self.itos), dtype=np.int64)})
+        joined = exploded.join(table, on="token", how="left").with_columns(sub=pl.lit(0, pl.Int64))
+        if self.char_ngrams:
+            joined = self._with_char_grams(joined, table)
         ids = (
-            exploded.join(table, on="token", how="left")
+            joined.sort("row", "position", "sub")
             .filter(pl.col("id").is_not_null() | ~pl.col("pair"))  # unseen words -> <unk>, unseen pairs dropped
             .filter(pl.lit(not self.distinct) | pl.struct("row", "id").is_first_distinct())
             .with_columns(pl.col("id").fill_null(UNK_INDEX), position=pl.int_range(pl.len()).over("row"))
@@ -129,14 +158,26 @@ class Vocab:
         out[ids.get_column("row").to_numpy(), ids.get_column("position").to_numpy()] = ids.get_column("id").to_numpy()
         return torch.from_numpy(out)
 
+    def _with_char_grams(self, joined: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
+        """Unseen words replaced, in place, by their character n-grams that are in the vocabulary."""
+        unseen = pl.col("id").is_null() & ~pl.col("pair")
+        grams = (
+            _char_grams(joined.filter(unseen).select("row", "position", "token", "pair"), self.char_ngrams)
+            .join(table, on="token", how="inner")
+        )
+        covered = grams.select("row", "position").unique()
+        kept = joined.join(covered, on=["row", "position"], how="anti")  # a word with known n-grams leaves
+        return pl.concat([kept, grams.select(kept.columns)])
+
     def to_dict(self) -> dict[str, Any]:
         return {"itos": self.itos, "ngrams": self.ngrams, "min_freq": self.min_freq, "max_size": self.max_size,
-                "distinct": self.distinct}
+                "distinct": self.distinct, "char_ngrams": self.char_ngrams}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Vocab:
         return cls(list(data["itos"]), ngrams=data.get("ngrams", 1), min_freq=data.get("min_freq", 1),
-                   max_size=data.get("max_size"), distinct=data.get("distinct", False))
+                   max_size=data.get("max_size"), distinct=data.get("distinct", False),
+                   char_ngrams=data.get("char_ngrams", 0))
 
 
 @dataclass
