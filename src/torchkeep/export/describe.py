@@ -12,7 +12,12 @@ from typing import Any
 
 from torchkeep.data.table import TableSchema
 from torchkeep.export.bundle import versions
-from torchkeep.export.formats import INPUT_NAMES, OUTPUT_NAME, TEXT_INPUT_NAME, ExportFormat
+from torchkeep.export.formats import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    TEXT_INPUT_NAME,
+    ExportFormat,
+)
 from torchkeep.export.parity import Parity
 
 
