@@ -19,12 +19,10 @@ def review_table(rows: int = 240, seed: int = 0) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    from conftest import run_torchkeep
-
+def text_run(tmp_path_factory, torchkeep):
     cwd = tmp_path_factory.mktemp("text-cli")
     review_table().write_csv(cwd / "reviews.csv")
-    result = run_torchkeep("train", "--data", "reviews.csv", "--target", "score", "--text-column", "review",
+    result = torchkeep("train", "--data", "reviews.csv", "--target", "score", "--text-column", "review",
                            "--epochs", 4, "--batch-size", 32, "--lr", 1e-2, "--run-dir", "run", cwd=cwd)
     assert result.returncode == 0, result.stderr
     return cwd, result
