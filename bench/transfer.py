@@ -12,10 +12,13 @@ epoch. Printed: the validation metric after every epoch (median over --seeds) si
 each transferred variant the first epoch at which it reaches the from-scratch run's final value.
 
 --dataset picks the parts. flights (the built-in table): A = months 1-9, B = months 10-12, `month`
-dropped from both (its levels do not overlap). Another dataset is one function returning Parts
-(e.g. digits 0-4 -> 5-9 once image data exists) and a line in DATASETS.
+dropped from both (its levels do not overlap). digits (the built-in images): A = classes 0-4, B =
+classes 5-9; part B's training sample is --per-class images of each class, the rest of B validates;
+the parts are written as idx folders and read by the same path as `torchkeep train --data DIR`; the
+backbone is the CNN's `features.*`. Another dataset is one function returning Parts and a line in DATASETS.
 
 Run: .venv/bin/python bench/transfer.py [--dataset flights] [--finetune-rows 1500] [--epochs 10] [--seeds 3]
+     .venv/bin/python bench/transfer.py --dataset digits [--per-class 10] [--epochs 15] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,16 +43,25 @@ from _common import environment, table
 import torchkeep
 
 
+def write_parquet(frame: pl.DataFrame, stem: Path) -> str:
+    path = stem.with_suffix(".parquet")
+    frame.write_parquet(path)
+    return str(path)
+
+
 @dataclass
 class Parts:
     description: str
     target: str
-    pretrain: pl.DataFrame
-    finetune: pl.DataFrame  # the small training sample of part B
-    valid: pl.DataFrame  # the rest of part B
+    pretrain: Any
+    finetune: Any  # the small training sample of part B
+    valid: Any  # the rest of part B
     backbone: list[str]  # parameter globs frozen in the "frozen" variant
     monitor: str  # validation metric compared
     settings: dict[str, object] = field(default_factory=dict)  # passed to every torchkeep.train call
+    write: Callable[[Any, Path], str] = write_parquet  # one part to a file or folder named from the stem: its path
+    same_labels: bool = True  # part B's labels are ones the pretrained model knows (it can score B as it is)
+    rename: dict[str, str] = field(default_factory=dict)  # transfer.rename for the transferred variants
 
 
 def flights_parts(args: argparse.Namespace) -> Parts:
@@ -68,7 +82,51 @@ def flights_parts(args: argparse.Namespace) -> Parts:
     )
 
 
-DATASETS: dict[str, Callable[[argparse.Namespace], Parts]] = {"flights": flights_parts}
+@dataclass
+class Images:
+    images: np.ndarray  # uint8 [N, H, W]
+    labels: np.ndarray  # integers
+
+
+def write_idx_folder(part: Images, stem: Path) -> str:
+    """An MNIST-style idx folder, the layout `torchkeep train --data DIR` reads."""
+    from torchkeep.data.image_io import write_idx
+
+    stem.mkdir()
+    write_idx(str(stem / "train-images-idx3-ubyte"), part.images)
+    write_idx(str(stem / "train-labels-idx1-ubyte"), part.labels)
+    return str(stem)
+
+
+def digits_parts(args: argparse.Namespace) -> Parts:
+    from torchkeep.data.builtin import get_example
+
+    with np.load(get_example("digits").path) as arrays:
+        images, labels = arrays["images"], arrays["labels"].astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(labels))  # fixed: every seed fine-tunes on the same images
+    images, labels = images[order], labels[order]
+    part_a = labels <= 4
+    b_index = np.flatnonzero(~part_a)
+    sample = np.concatenate([b_index[labels[b_index] == digit][: args.per_class] for digit in range(5, 10)])
+    rest = np.setdiff1d(b_index, sample)
+    return Parts(
+        description=(f"digits: pretrain on classes 0-4 ({part_a.sum():,} images); fine-tune on {args.per_class} images"
+                     f" of each of 5-9 ({len(sample)}), validated on the other {len(rest):,} of 5-9"),
+        target="label",
+        pretrain=Images(images[part_a], labels[part_a]),
+        finetune=Images(images[sample], labels[sample]),
+        valid=Images(images[rest], labels[rest]),
+        backbone=["features.*"],
+        monitor="accuracy",
+        write=write_idx_folder,
+        same_labels=False,
+        rename={"head.": "pretrained_head."},
+    )
+
+
+DATASETS: dict[str, Callable[[argparse.Namespace], Parts]] = {"flights": flights_parts, "digits": digits_parts}
+# Per dataset, the values of the flags left unset: (fine-tuning epochs, batch size, pretraining epochs).
+DEFAULTS = {"flights": (10, 256, 3), "digits": (15, 16, 15)}
 
 
 def valid_curve(run_dir: Path, monitor: str) -> list[float]:
@@ -84,45 +142,54 @@ def first_epoch_reaching(curve: list[float], value: float) -> int | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="flights")
-    parser.add_argument("--finetune-rows", type=int, default=1_500, help="training rows of part B (default 1500)")
-    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs, every variant (default 10)")
-    parser.add_argument("--pretrain-epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=256, help="fine-tuning batch size (default 256)")
+    parser.add_argument("--finetune-rows", type=int, default=1_500, help="flights: training rows of part B (default 1500)")
+    parser.add_argument("--per-class", type=int, default=10, help="digits: training images of each class 5-9 (default 10)")
+    parser.add_argument("--epochs", type=int, help="fine-tuning epochs, every variant (default: flights 10, digits 15)")
+    parser.add_argument("--pretrain-epochs", type=int, help="(default: flights 3, digits 15)")
+    parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (default: flights 256, digits 16)")
+    parser.add_argument("--lr", type=float, help="fine-tuning peak learning rate, every variant (default: torchkeep's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per variant; curves are medians (default 3)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    defaults = DEFAULTS[args.dataset]
+    args.epochs = args.epochs or defaults[0]
+    args.batch_size = args.batch_size or defaults[1]
+    args.pretrain_epochs = args.pretrain_epochs or defaults[2]
 
     parts = DATASETS[args.dataset](args)
     print(parts.description)
     print(f"{environment()}; every run uses --threads {args.threads}")
     common = {"target": parts.target, "threads": args.threads, "quiet": True, **parts.settings}
+    tuning = {"epochs": args.epochs, "batch_size": args.batch_size, **({"lr": args.lr} if args.lr else {})}
     variants = {
         "scratch": {},
-        "frozen": {"init_from": "PRETRAINED", "freeze": parts.backbone},
-        "lr-mult": {"init_from": "PRETRAINED", "backbone_lr_mult": 0.1},
+        "frozen": {"init_from": "PRETRAINED", "freeze": parts.backbone, "rename": parts.rename},
+        "lr-mult": {"init_from": "PRETRAINED", "backbone_lr_mult": 0.1, "rename": parts.rename},
     }
+    if parts.rename:
+        variants["frozen+head"] = {"init_from": "PRETRAINED", "freeze": parts.backbone}
     curves: dict[str, list[list[float]]] = {name: [] for name in variants}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="torchkeep-transfer-") as root:
         base = Path(root)
         paths = {}
         for name in ("pretrain", "finetune", "valid"):
-            paths[name] = base / f"{name}.parquet"
-            getattr(parts, name).write_parquet(paths[name])
+            paths[name] = parts.write(getattr(parts, name), base / name)
         started = time.perf_counter()
-        pretrained = torchkeep.train(str(paths["pretrain"]), run_dir=str(base / "pretrained"),
+        pretrained = torchkeep.train(paths["pretrain"], run_dir=str(base / "pretrained"),
                                      epochs=args.pretrain_epochs, **common)
         print(f"pretrained: {args.pretrain_epochs} epochs, {time.perf_counter() - started:.1f} s, validation"
               f" {parts.monitor} {pretrained.valid[parts.monitor]:.4f} (on part A)")
-        as_is = torchkeep.load(str(base / "pretrained")).evaluate(str(paths["valid"]))[parts.monitor]
-        print(f"the pretrained model as it is, no fine-tuning, on part B's validation rows: {parts.monitor} {as_is:.4f}")
+        if parts.same_labels:
+            as_is = torchkeep.load(str(base / "pretrained")).evaluate(paths["valid"])[parts.monitor]
+            print(f"the pretrained model as it is, no fine-tuning, on part B's validation rows: {parts.monitor} {as_is:.4f}")
         for seed in range(args.seeds):
             for name, extra in variants.items():
                 extra = {k: (str(base / "pretrained") if v == "PRETRAINED" else v) for k, v in extra.items()}
                 run_dir = base / f"{name}-{seed}"
                 started = time.perf_counter()
-                torchkeep.train(str(paths["finetune"]), valid_path=str(paths["valid"]), run_dir=str(run_dir),
-                                epochs=args.epochs, batch_size=args.batch_size, seed=seed, **common, **extra)
+                torchkeep.train(paths["finetune"], valid_path=paths["valid"], run_dir=str(run_dir),
+                                seed=seed, **tuning, **common, **extra)
                 seconds[name].append(time.perf_counter() - started)
                 curves[name].append(valid_curve(run_dir, parts.monitor))
 

@@ -26,13 +26,14 @@ import numpy as np
 import polars as pl
 import torch
 
-from torchkeep import image_api
+from torchkeep import image_api, text_setup
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.config import RunConfig
 from torchkeep.data.builtin import get_example
 from torchkeep.data.io import as_frame, read_table
 from torchkeep.data.loader import BatchLoader
 from torchkeep.data.table import TableSchema, check_frame
+from torchkeep.data.text import check_texts
 from torchkeep.errors import CheckpointError, ConfigError, DataError
 from torchkeep.export.bundle import read_bundle, schema_from_dict, write_bundle
 from torchkeep.models.build import build_model, loss_for_task, tabular_model_args
@@ -96,7 +97,8 @@ def _load_data(config: RunConfig, data: Any) -> tuple[pl.DataFrame, str, RunConf
     path = data or config.data.path
     if path is None:
         example = get_example(config.data.example or "flights")
-        data_config = dataclasses.replace(config.data, example=example.name, target=config.data.target or example.target)
+        data_config = dataclasses.replace(config.data, example=example.name, target=config.data.target or example.target,
+                                          text_columns=config.data.text_columns or list(example.text_columns))
         return read_table(example.path), example.name, dataclasses.replace(config, data=data_config)
     if "://" not in path:
         path = os.path.abspath(path)  # a resumed run finds its data from any working directory
@@ -182,7 +184,8 @@ def train(
         if saved["hash"] != found["hash"]:
             log.warning("the data's content hash differs from when the run started; resuming anyway")
         schema = TableSchema.from_dict(_read_json(storage, "schema.json", resume))
-        model_args = _read_json(storage, "model.json", resume)["args"]
+        model_spec = _read_json(storage, "model.json", resume)
+        architecture, model_args = model_spec["architecture"], model_spec["args"]
         run_dir = resume
         train_frame, valid_frame = _split(frame, config)
         train_tensors, valid_tensors = _transform_splits(schema, train_frame, valid_frame, config, config.data.path or name)
@@ -192,6 +195,10 @@ def train(
             overrides["target"] = target
         config = _override(config, overrides)
         frame, name, config = _load_data(config, data)
+        if config.data.text_columns:
+            config, changed = text_setup.apply_text_defaults(config, set(overrides))
+            if changed:
+                progress.message(f"text columns: training defaults {', '.join(changed)}")
         if config.data.target is None:
             raise ConfigError("no target column: pass --target COLUMN (or target= in Python, [data] target in TOML)")
         run_dir = config.run_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -206,24 +213,26 @@ def train(
             train_frame, target=config.data.target, task=config.data.task, categorical=config.data.categorical,
             continuous=config.data.continuous, drop=config.data.drop, max_integer_levels=config.data.max_integer_levels,
             standardize_target=config.data.standardize_target, source=f"{source} (training split)",
+            **(text_setup.fit_kwargs(config) if config.data.text_columns else {}),
         )
         monitor, mode = DEFAULT_MONITOR[schema.target.task]
         train_config = dataclasses.replace(config.train, monitor=config.train.monitor or monitor,
                                            monitor_mode=config.train.monitor_mode or (mode if not config.train.monitor else None))
         config = dataclasses.replace(config, train=train_config)
         pretrained, config = read_init_from(config, schema)
-        model_args = tabular_model_args(config.model, schema)
+        architecture = text_setup.ARCHITECTURE if schema.text else ARCHITECTURE
+        model_args = text_setup.model_args(config, schema) if schema.text else tabular_model_args(config.model, schema)
         # Transformed before anything is written: bad data leaves no run directory behind.
         train_tensors, valid_tensors = _transform_splits(schema, train_frame, valid_frame, config, source)
         # Also checked before: freeze patterns, and what init_from loads (on a scratch model).
-        transfer_report = check_transfer(config.train.transfer, lambda: build_model(ARCHITECTURE, model_args),
-                                         pretrained, level_aligner(schema))
+        transfer_report = check_transfer(config.train.transfer, lambda: build_model(architecture, model_args),
+                                         pretrained, level_aligner(schema) if not schema.text else None)
         storage = open_storage(run_dir)
         if transfer_report is not None:
             _write_json(storage, "transfer.json", transfer_report)
         _write_json(storage, "config.json", config.to_dict())
         _write_json(storage, "schema.json", schema.to_dict())
-        _write_json(storage, "model.json", {"architecture": ARCHITECTURE, "args": model_args})
+        _write_json(storage, "model.json", {"architecture": architecture, "args": model_args})
         _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": _fingerprint(frame)})
 
     assert schema.target is not None
@@ -234,6 +243,11 @@ def train(
         valid_loader = BatchLoader(valid_tensors, _eval_rows(valid_tensors), shuffle=False)
     seed_everything(config.train.seed)
     model = build_model(architecture, model_args)
+    if resume is None and getattr(schema, "text", None):
+        text_setup.set_token_weights(model, schema)
+    if resume is None and getattr(schema, "text", None) and config.model.embeddings:
+        for line in text_setup.load_pretrained(model, schema, config.model.embeddings):
+            progress.message(line)
     task = schema.target.task
     keep_best = (f"valid_{config.train.monitor}", config.train.monitor_mode or DEFAULT_MONITOR[task][1])
     checkpointer = Checkpointer(run_dir, keep_last=config.checkpoint.keep_last,
@@ -286,7 +300,8 @@ def _init_from(model: torch.nn.Module, config: RunConfig, schema: TableSchema, s
     if resuming and any(info.status == "complete" for info in checkpointer.list()):
         return _read_json(storage, "transfer.json", storage.uri)["pretrained_parameters"]
     # Tables re-order embedding rows and first-layer columns by level and column name; images match by name only.
-    adapt = level_aligner(schema) if isinstance(schema, TableSchema) else None
+    # (the aligner knows EntityEmbeddingMLP's layout only: not a text model's first layer).
+    adapt = level_aligner(schema) if isinstance(schema, TableSchema) and not schema.text else None
     report = load_pretrained(model, pretrained or transfer.init_from, rename=transfer.rename, adapt=adapt)
     for line in report.lines():
         progress.message(line)
@@ -329,6 +344,8 @@ class Predictor:
         if isinstance(frame, torch.Tensor):
             tensors, rows, batch_rows = {"image": frame}, len(frame), EVAL_BATCH_IMAGES
         else:
+            if self.schema.text:
+                check_texts(frame, [c.name for c in self.schema.text], source)
             tensors = self.schema.transform(frame, with_target=False, source=source)
             rows, batch_rows = frame.height, EVAL_BATCH_ROWS
         outputs = []

@@ -52,8 +52,23 @@ class DataConfig:
     pin_memory: bool | None = None
     persistent_workers: bool | None = None
     prefetch_factor: int | None = None
+    # Text columns (data/text.py): tokenized, a vocabulary fitted on the training split.
+    text_columns: list[str] = field(default_factory=list)
+    max_tokens: int = 1024  # token ids kept per text (words, plus word pairs with text_ngrams = 2)
+    text_ngrams: int | None = None  # 1: words, 2: words and word pairs; None: 2 for the bag encoder, else 1
+    min_freq: int = 2  # a token enters the vocabulary when seen this often in the training split
+    max_vocab: int | None = 100_000
+    char_ngrams: int = 0  # n > 0: words not in the vocabulary become their known character n-grams
 
     def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConfigError(f"data.max_tokens must be >= 1 (got {self.max_tokens})")
+        if not 0 <= self.char_ngrams <= 10:
+            raise ConfigError(f"data.char_ngrams must be 0 (off) or a length up to 10 (got {self.char_ngrams})")
+        if self.text_ngrams not in (None, 1, 2):
+            raise ConfigError(f"data.text_ngrams must be 1 or 2 (got {self.text_ngrams})")
+        if self.min_freq < 1 or (self.max_vocab is not None and self.max_vocab < 1):
+            raise ConfigError(f"data.min_freq and data.max_vocab must be >= 1 (got {self.min_freq}, {self.max_vocab})")
         if not 0 < self.valid_fraction < 1:
             raise ConfigError(f"data.valid_fraction must be in (0, 1) (got {self.valid_fraction})")
         if self.task not in (None, "binary", "multiclass", "regression"):

@@ -16,6 +16,8 @@ EPILOG = """examples:
   torchkeep train --data photos/                     # images: one sub-folder per class
   torchkeep train --data labels.csv --image-dir imgs/ --image-size 64  # a CSV of file and label columns
   torchkeep train --data fashion-mnist/              # a folder of MNIST idx files (*-images-idx3-ubyte[.gz])
+  torchkeep train --example reviews                  # text: Amazon fine-food reviews, great or not
+  torchkeep train --data reviews.csv --target score --text-column review   # your own text column
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
 categorical, continuous, drop; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
@@ -70,6 +72,25 @@ def add_parser(commands: Any) -> None:
                         help="decoded images must fit in this much memory (default 2)")
     images.add_argument("--architecture", choices=["cnn", "mlp"], help="image model (default cnn)")
     images.add_argument("--widths", metavar="N,N", help="cnn channels per block, each block halves H and W (default 32,64)")
+    text = p.add_argument_group(
+        "text columns", "Lower-cased, split into Unicode words, punctuation dropped; a vocabulary fitted on the"
+        " training split. A run with text columns defaults to 10 epochs, batch 64, lr 1e-3, MLP 32.")
+    text.add_argument("--text-column", action="append", metavar="COLS", dest="text_columns",
+                      help="train these columns as text (comma list or repeated); `--example reviews` sets 'review'")
+    text.add_argument("--max-tokens", type=int, metavar="N", help="token ids kept per text, the rest cut (default 1024)")
+    text.add_argument("--text-ngrams", type=int, choices=[1, 2], metavar="N",
+                      help="1: words; 2: words and word pairs, fastText style (default 2 for bag, 1 for cnn/gru)")
+    text.add_argument("--min-freq", type=int, metavar="N", help="times a token is seen in training to enter the vocabulary (default 2)")
+    text.add_argument("--char-ngrams", type=int, metavar="N",
+                      help="words not in the vocabulary become their known character N-grams, fastText style (default 0: off)")
+    text.add_argument("--max-vocab", type=int, metavar="N", help="vocabulary size cap, most frequent first (default 100000)")
+    text.add_argument("--text-encoder", choices=["bag", "cnn", "gru"],
+                      help="bag: mean of token vectors (EmbeddingBag, default, fastest); cnn: 1D convolution; gru")
+    text.add_argument("--text-embedding-dim", type=int, metavar="N", help="size of a token vector (default 64)")
+    text.add_argument("--text-dropout", type=float, metavar="P", help="dropout on the text vectors (default 0)")
+    text.add_argument("--embeddings", metavar="FILE", help="pretrained word vectors, word2vec/GloVe text format (default none)")
+    text.add_argument("--freeze-embeddings", action="store_true", default=None,
+                      help="keep the --embeddings vectors fixed while training (default: fine-tune them)")
     model = p.add_argument_group("model")
     model.add_argument("--hidden-sizes", metavar="N,N", help="MLP widths (default 128,64; image mlp 512,512)")
     model.add_argument("--dropout", type=float, metavar="P", help="default 0 (image models 0.1)")
@@ -128,7 +149,9 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "optimizer", "schedule", "weight_decay", "grad_accum_steps", "clip_grad_norm", "early_stopping_patience",
              "monitor", "valid_every_steps", "seed", "deterministic", "device", "threads", "run_dir", "every_steps", "keep_last",
              "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult", "image_dir", "file_column",
-             "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture")
+             "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
+             "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
+             "freeze_embeddings", "char_ngrams")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     overrides["path"] = overrides.pop("data", None)
-    for key in ("categorical", "continuous", "drop"):
+    for key in ("categorical", "continuous", "drop", "text_columns"):
         if (names := _names(getattr(args, key))) is not None:
             overrides[key] = names
     if (freeze := _names(args.freeze)) is not None:

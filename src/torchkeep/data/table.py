@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from torchkeep.data.text import TextColumn, Vocab, text_values
 from torchkeep.errors import DataError
 
 Task = Literal["binary", "multiclass", "regression"]
@@ -132,10 +133,12 @@ class TableSchema:
         categorical: list[CategoricalColumn],
         continuous: list[ContinuousColumn],
         target: TargetSpec | None,
+        text: list[TextColumn] | None = None,
     ) -> None:
         self.categorical = categorical
         self.continuous = continuous
         self.target = target
+        self.text = text or []  # text columns (data/text.py): token ids, in `transform`'s "text"
 
     # -- fitting --------------------------------------------------------------------------------
 
@@ -152,10 +155,18 @@ class TableSchema:
         max_integer_levels: int = 32,
         standardize_target: bool = True,
         source: str = "training data",
+        text: list[str] | tuple[str, ...] = (),
+        max_tokens: int = 1024,
+        text_ngrams: int = 1,
+        min_freq: int = 1,
+        max_vocab: int | None = None,
+        distinct_tokens: bool = False,
+        char_ngrams: int = 0,
     ) -> TableSchema:
         if frame.height == 0:
             raise DataError(f"{source}: the training split is empty")
-        for option, names in (("--categorical", categorical), ("--continuous", continuous), ("--drop", drop)):
+        for option, names in (("--categorical", categorical), ("--continuous", continuous), ("--drop", drop),
+                              ("--text-column", text)):
             unknown = [n for n in names if n not in frame.columns]
             if unknown:
                 raise DataError(
@@ -165,11 +176,27 @@ class TableSchema:
         both = set(categorical) & set(continuous)
         if both:
             raise DataError(f"{source}: column(s) {_sample(sorted(both))} are named both categorical and continuous")
+        both = set(text) & (set(categorical) | set(continuous) | {target})
+        if both:
+            raise DataError(f"{source}: column(s) {_sample(sorted(both))} are named text and also target,"
+                            " categorical or continuous")
+        if max_tokens < 1:
+            raise DataError(f"max_tokens must be >= 1 (got {max_tokens})")
+        text_columns = [
+            TextColumn(name=name, max_tokens=max_tokens, vocab=Vocab.build(
+                text_values(frame, name, source), ngrams=text_ngrams, min_freq=min_freq, max_size=max_vocab,
+                distinct=distinct_tokens, char_ngrams=char_ngrams))
+            for name in text
+        ]
+        for column in text_columns:
+            if len(column.vocab) == 2:
+                raise DataError(f"{source}: text column '{column.name}' has no word seen {min_freq} or more times;"
+                                " lower --min-freq or check the column")
         target_spec = cls._fit_target(frame, target, task, standardize_target, source)
         cat_columns: list[CategoricalColumn] = []
         cont_columns: list[ContinuousColumn] = []
         for name in frame.columns:
-            if name == target or name in drop:
+            if name == target or name in drop or name in text:
                 continue
             column = frame.get_column(name)
             kind = _kind(column.dtype)
@@ -194,9 +221,9 @@ class TableSchema:
                 cat_columns.append(cls._fit_categorical(column, kind or "string", source))
             else:
                 cont_columns.append(cls._fit_continuous(column, source))
-        if not cat_columns and not cont_columns:
+        if not cat_columns and not cont_columns and not text_columns:
             raise DataError(f"{source}: no feature columns left besides the target '{target}'")
-        return cls(cat_columns, cont_columns, target_spec)
+        return cls(cat_columns, cont_columns, target_spec, text_columns)
 
     @staticmethod
     def _fit_categorical(column: pl.Series, kind: str, source: str) -> CategoricalColumn:
@@ -278,7 +305,7 @@ class TableSchema:
 
     @property
     def feature_names(self) -> list[str]:
-        return [c.name for c in self.categorical] + [c.name for c in self.continuous]
+        return [c.name for c in self.categorical] + [c.name for c in self.continuous] + [c.name for c in self.text]
 
     @property
     def cardinalities(self) -> list[int]:
@@ -289,7 +316,8 @@ class TableSchema:
         return len(self.continuous) + sum(c.missing_indicator for c in self.continuous)
 
     def transform(self, frame: pl.DataFrame, *, with_target: bool = True, source: str = "data") -> dict[str, torch.Tensor]:
-        """`categorical` int64 [N, C], `continuous` float32 [N, K] and (with_target) `target`."""
+        """`categorical` int64 [N, C], `continuous` float32 [N, K], with text columns `text` int32
+        [N, T, max_tokens] (token ids, 0-padded), and (with_target) `target`."""
         missing = [n for n in self.feature_names if n not in frame.columns]
         if missing:
             raise DataError(
@@ -322,6 +350,9 @@ class TableSchema:
         out["continuous"] = torch.from_numpy(
             np.ascontiguousarray(np.stack(inputs, axis=1)) if inputs else np.zeros((frame.height, 0), np.float32)
         )
+        if self.text:
+            out["text"] = torch.stack(
+                [c.vocab.encode(text_values(frame, c.name, source), c.max_tokens) for c in self.text], dim=1)
         if with_target:
             out["target"] = self.encode_target(frame, source)
         return out
@@ -375,11 +406,14 @@ class TableSchema:
     # -- persistence ----------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "categorical": [asdict(c) for c in self.categorical],
             "continuous": [asdict(c) for c in self.continuous],
             "target": asdict(self.target) if self.target else None,
         }
+        if self.text:  # only then: a schema without text columns keeps its earlier format
+            data["text"] = [c.to_dict() for c in self.text]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -390,6 +424,7 @@ class TableSchema:
             [CategoricalColumn(**c) for c in data["categorical"]],
             [ContinuousColumn(**c) for c in data["continuous"]],
             TargetSpec(**data["target"]) if data.get("target") else None,
+            [TextColumn.from_dict(c) for c in data.get("text", [])],
         )
 
     @classmethod
@@ -403,7 +438,9 @@ class TableSchema:
                 {"name": c.name, "type": "categorical", "kind": c.kind, "levels": len(c.levels)}
                 for c in self.categorical
             ]
-            + [{"name": c.name, "type": "continuous", "nullable": True} for c in self.continuous],
+            + [{"name": c.name, "type": "continuous", "nullable": True} for c in self.continuous]
+            + [{"name": c.name, "type": "text", "vocabulary": len(c.vocab), "max_tokens": c.max_tokens}
+               for c in self.text],
             "target": self.target.name if self.target else None,
             "task": self.target.task if self.target else None,
             "labels": self.target.labels if self.target and self.target.labels else None,

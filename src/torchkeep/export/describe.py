@@ -12,7 +12,12 @@ from typing import Any
 
 from torchkeep.data.table import TableSchema
 from torchkeep.export.bundle import versions
-from torchkeep.export.formats import INPUT_NAMES, OUTPUT_NAME, ExportFormat
+from torchkeep.export.formats import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    TEXT_INPUT_NAME,
+    ExportFormat,
+)
 from torchkeep.export.parity import Parity
 
 
@@ -34,6 +39,16 @@ def _continuous_columns(schema: TableSchema) -> list[dict[str, Any]]:
             columns.append({"index": len(columns), "name": f"{c.name} is null",
                             "encoding": f"1.0 where {c.name} is null, else 0.0"})
     return columns
+
+
+def _text_inputs(schema: TableSchema) -> list[dict[str, Any]]:
+    if not schema.text:
+        return []
+    columns = [{"index": i, "name": c.name, "max_tokens": c.max_tokens, "vocabulary": len(c.vocab),
+                "encoding": f"token ids by schema.json text[{i}].vocab.itos (tokenizer: torchkeep.data.text), 0-padded"
+                            f" to {c.max_tokens}"} for i, c in enumerate(schema.text)]
+    return [{"name": TEXT_INPUT_NAME, "dtype": "int32", "shape": ["batch", len(columns), schema.text[0].max_tokens],
+             "columns": columns}]
 
 
 def _output(schema: TableSchema) -> dict[str, Any]:
@@ -65,6 +80,7 @@ def inputs_spec(schema: TableSchema, *, export_format: ExportFormat, file_name: 
         "inputs": [
             {"name": INPUT_NAMES[0], "dtype": "int64", "shape": ["batch", len(categorical)], "columns": categorical},
             {"name": INPUT_NAMES[1], "dtype": "float32", "shape": ["batch", len(continuous)], "columns": continuous},
+            *_text_inputs(schema),
         ],
         "output": _output(schema),
         "model": {"architecture": architecture, "args": model_args},
@@ -82,7 +98,7 @@ def readme(spec: dict[str, Any], export_format: ExportFormat) -> str:
         "",
     ]
     for tensor in spec["inputs"]:
-        lines.append(f"  {tensor['name']}  {tensor['dtype']} [batch, {tensor['shape'][1]}]")
+        lines.append(f"  {tensor['name']}  {tensor['dtype']} [{', '.join(map(str, tensor['shape']))}]")
         for column in tensor["columns"]:
             lines.append(f"    {column['index']:>3}  {column['name']}: {column['encoding']}")
     output = spec["output"]

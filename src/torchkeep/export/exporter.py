@@ -17,7 +17,7 @@ import torch
 from torchkeep.errors import CheckpointError, ConfigError, StorageError
 from torchkeep.export.bundle import read_bundle, write_bundle
 from torchkeep.export.describe import inputs_spec, readme
-from torchkeep.export.formats import FORMATS, ExportFormat
+from torchkeep.export.formats import FORMATS, ExportFormat, input_names
 from torchkeep.export.parity import Parity, check_parity, parity_data, parity_inputs
 from torchkeep.models.build import build_model
 from torchkeep.storage import open_storage
@@ -56,12 +56,12 @@ def target_paths(out: str, export_format: ExportFormat) -> tuple[str, str]:
     return stripped, export_format.file_name
 
 
-def _examples(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _examples(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """A few real rows to trace with; at least 2, so that the batch size is not specialized to 1."""
-    categorical, continuous = inputs["categorical"][:EXAMPLE_ROWS], inputs["continuous"][:EXAMPLE_ROWS]
-    if len(categorical) < 2:
-        categorical, continuous = categorical.repeat(2, 1), continuous.repeat(2, 1)
-    return categorical, continuous
+    examples = tuple(inputs[name][:EXAMPLE_ROWS] for name in input_names(inputs))
+    if len(examples[0]) < 2:
+        examples = tuple(torch.cat([t, t]) for t in examples)
+    return examples
 
 
 def export(source: str, *, format: str, out: str, data: str | None = None) -> ExportResult:

@@ -1,7 +1,8 @@
 """The class-free export formats: an eager model to bytes, and those bytes back to something callable.
 
 Every format takes the already-encoded tensors of `TableSchema.transform`: `categorical` int64
-[N, C] and `continuous` float32 [N, K], with N dynamic; its output is the model's raw output
+[N, C] and `continuous` float32 [N, K] (and, for a model with text columns, `text` int32 [N, T, L]
+token ids), with N dynamic; its output is the model's raw output
 (`output`: [N], or [N, classes] for multiclass). `load` is what the parity check runs, so what is
 checked is the file as written, not the object it came from.
 """
@@ -20,10 +21,17 @@ from torch import nn
 from torchkeep.errors import MissingExtraError
 
 INPUT_NAMES = ("categorical", "continuous")
+TEXT_INPUT_NAME = "text"  # a third input, only for models with text columns
 OUTPUT_NAME = "output"
 
-Inputs = tuple[torch.Tensor, torch.Tensor]
-Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Inputs = tuple[torch.Tensor, ...]
+Runner = Callable[..., torch.Tensor]
+
+
+def input_names(inputs: dict[str, torch.Tensor] | Inputs) -> tuple[str, ...]:
+    """The model's positional inputs, in order: categorical, continuous (and text when present)."""
+    return (*INPUT_NAMES, TEXT_INPUT_NAME)[: len(inputs)] if isinstance(inputs, tuple) else (
+        (*INPUT_NAMES, TEXT_INPUT_NAME) if TEXT_INPUT_NAME in inputs else INPUT_NAMES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,9 +44,9 @@ class ExportFormat:
     loading: str  # how to run it from Python, for README.txt
 
 
-def _dynamic_batch() -> dict[str, dict[int, torch.export.Dim]]:
+def _dynamic_batch(example: Inputs) -> tuple[dict[int, torch.export.Dim], ...]:
     batch = torch.export.Dim("batch", min=1)
-    return {name: {0: batch} for name in INPUT_NAMES}
+    return tuple({0: batch} for _ in example)
 
 
 def _state_dict_bytes(model: nn.Module, example: Inputs) -> bytes:
@@ -68,7 +76,7 @@ def _torchscript_load(data: bytes, rebuild: Callable[[], nn.Module]) -> Runner:
 
 
 def _pt2_bytes(model: nn.Module, example: Inputs) -> bytes:
-    program = torch.export.export(model, example, dynamic_shapes=_dynamic_batch())
+    program = torch.export.export(model, example, dynamic_shapes=_dynamic_batch(example))
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     return buffer.getvalue()
@@ -94,8 +102,9 @@ def _onnx_bytes(model: nn.Module, example: Inputs) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, example, None, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                                        dynamic_shapes=_dynamic_batch(), dynamo=True, verbose=False)
+            program = torch.onnx.export(model, example, None, input_names=list(input_names(example)),
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic_batch(example),
+                                        dynamo=True, verbose=False)
     finally:
         quiet.setLevel(level)
     return program.model_proto.SerializeToString()
@@ -107,8 +116,8 @@ def _onnx_load(data: bytes, rebuild: Callable[[], nn.Module]) -> Runner:
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
 
-    def run(categorical: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
-        feeds = {"categorical": categorical.numpy(), "continuous": continuous.numpy()}
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        feeds = {name: tensor.numpy() for name, tensor in zip(input_names(inputs), inputs, strict=True)}
         return torch.from_numpy(session.run(None, feeds)[0])
 
     return run

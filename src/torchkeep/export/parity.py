@@ -71,14 +71,16 @@ def parity_inputs(schema: TableSchema, data: str) -> dict[str, torch.Tensor]:
     return schema.transform(frame.head(MAX_ROWS), with_target=False, source=data)
 
 
-def check_parity(eager: nn.Module, exported: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+def check_parity(eager: nn.Module, exported: Callable[..., torch.Tensor],
                  inputs: dict[str, torch.Tensor], *, what: str, data: str) -> Parity:
     """Max abs difference of the outputs on `inputs`; a CheckpointError when it exceeds TOLERANCE."""
-    categorical, continuous = inputs["categorical"], inputs["continuous"]
+    from torchkeep.export.formats import input_names
+
+    ordered = tuple(inputs[name] for name in input_names(inputs))
     with torch.no_grad():
-        expected = eager.eval()(categorical, continuous)
-        found = torch.as_tensor(exported(categorical, continuous))
-    rows = len(categorical)
+        expected = eager.eval()(*ordered)
+        found = torch.as_tensor(exported(*ordered))
+    rows = len(ordered[0])
     if found.shape != expected.shape:
         raise CheckpointError(f"{what}: parity check failed: output shape {tuple(found.shape)} on {rows} rows,"
                               f" the eager model gives {tuple(expected.shape)}")

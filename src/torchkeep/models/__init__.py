@@ -2,5 +2,6 @@
 
 from torchkeep.models.build import build_model, loss_for_task
 from torchkeep.models.tabular import EntityEmbeddingMLP, TabularModelConfig
+from torchkeep.models.text import TextTableMLP
 
-__all__ = ["EntityEmbeddingMLP", "TabularModelConfig", "build_model", "loss_for_task"]
+__all__ = ["EntityEmbeddingMLP", "TabularModelConfig", "TextTableMLP", "build_model", "loss_for_task"]

@@ -10,6 +10,7 @@ from torchkeep.data.table import TableSchema
 from torchkeep.errors import ConfigError
 from torchkeep.models.tabular import EntityEmbeddingMLP, TabularModelConfig, default_embedding_dim
 from torchkeep.models.vision import ImageMLP, SmallCNN
+from torchkeep.models.text import TextTableMLP
 
 
 def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[str, Any]:
@@ -38,6 +39,19 @@ def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[
     }
 
 
+def text_model_args(config: TabularModelConfig, schema: TableSchema, embedding_dim: int | None = None) -> dict[str, Any]:
+    """tabular_model_args plus the text columns' encoders; `embedding_dim` from pretrained vectors."""
+    return {
+        **tabular_model_args(config, schema),
+        "vocab_sizes": [len(c.vocab) for c in schema.text],
+        "text_embedding_dim": embedding_dim or config.text_embedding_dim,
+        "text_encoder": config.text_encoder,
+        "freeze_embeddings": config.freeze_embeddings,
+        "text_dropout": config.text_dropout,
+        "text_weighting": config.text_weighting,
+    }
+
+
 def build_model(architecture: str, args: dict[str, Any]) -> nn.Module:
     match architecture:
         case "entity_embedding_mlp":
@@ -50,9 +64,11 @@ def build_model(architecture: str, args: dict[str, Any]) -> nn.Module:
             return SmallCNN(**args)
         case "image_mlp":
             return ImageMLP(**args)
+        case "text_table_mlp":
+            return TextTableMLP(**args)
         case _:
             raise ConfigError(f"unknown model architecture {architecture!r}"
-                              " (known: entity_embedding_mlp, image_cnn, image_mlp, python)")
+                              " (known: entity_embedding_mlp, text_table_mlp, image_cnn, image_mlp, python)")
 
 
 def loss_for_task(task: str) -> nn.Module:

@@ -32,8 +32,24 @@ class TabularModelConfig:
     # level, "auto" = learned only where the training split had nulls, so that an unseen level at
     # predict time never meets a vector that training never touched.
     null_embedding: str = "auto"
+    # Text columns (models/text.py): encoder "bag" | "cnn" | "gru", vector size per token, and
+    # pretrained word vectors from a word2vec / GloVe text file (their size then sets the dim).
+    text_encoder: str = "bag"
+    text_embedding_dim: int = 64
+    text_dropout: float = 0.0
+    text_weighting: str = "mean"  # bag encoder: "mean" of token vectors, or "idf"-weighted (unit L2 norm)
+    embeddings: str | None = None
+    freeze_embeddings: bool = False
 
     def __post_init__(self) -> None:
+        if self.text_encoder not in ("bag", "cnn", "gru"):
+            raise ConfigError(f"model.text_encoder must be bag, cnn or gru (got {self.text_encoder!r})")
+        if self.text_embedding_dim < 1:
+            raise ConfigError(f"model.text_embedding_dim must be >= 1 (got {self.text_embedding_dim})")
+        if not 0 <= self.text_dropout < 1:
+            raise ConfigError(f"model.text_dropout must be in [0, 1) (got {self.text_dropout})")
+        if self.freeze_embeddings and not self.embeddings:
+            raise ConfigError("model.freeze_embeddings needs pretrained vectors: --embeddings FILE")
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"model.hidden_sizes must be positive widths (got {self.hidden_sizes})")
         for name, value in (("dropout", self.dropout), ("embedding_dropout", self.embedding_dropout)):

@@ -165,7 +165,7 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
         torch.set_num_threads(config.threads)
         batcher.start()
         try:  # /health is true only once the model has really answered
-            await batcher.submit([{name: None for name, _ in validator.columns}])
+            await batcher.submit([validator.warmup_row()])
             state["ready"], state["reason"] = True, ""
         except Exception as error:
             state["reason"] = f"warm-up prediction failed: {error}"

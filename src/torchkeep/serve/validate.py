@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from torchkeep.data.table import TableSchema
+from torchkeep.data.text import MAX_TEXT_CHARS
 
 
 class RequestError(Exception):
@@ -26,6 +27,14 @@ _FLOAT_MAX = sys.float_info.max
 
 # JSON types accepted per raw kind; bool is checked first because bool is an int in Python.
 def _check(kind: str, value: Any) -> str | None:
+    if kind == "text":  # a text column: a model has nothing to say about a missing or empty text
+        if not isinstance(value, str):
+            return "expected a non-empty string (text)"
+        if not value.strip():
+            return "expected text with at least one word (got an empty string)"
+        if len(value) > MAX_TEXT_CHARS:
+            return f"text of {len(value):,} characters; at most {MAX_TEXT_CHARS:,}"
+        return _check("string", value)
     if value is None:
         return None
     if kind == "string":
@@ -58,11 +67,13 @@ class RowValidator:
     def __init__(self, schema: TableSchema, *, max_rows: int, strict: bool = False) -> None:
         self.columns: list[tuple[str, str]] = [(c.name, c.kind) for c in schema.categorical]
         self.columns += [(c.name, "float") for c in schema.continuous]
+        self.columns += [(c.name, "text") for c in schema.text]
         self.known = {name for name, _ in self.columns}
         if schema.target is not None:
             self.known.add(schema.target.name)  # a labelled row may carry its label: ignored
         self.max_rows, self.strict = max_rows, strict
-        self.dtypes = {name: {"string": pl.String, "integer": pl.Int64, "boolean": pl.Boolean, "float": pl.Float64}[kind]
+        self.dtypes = {name: {"string": pl.String, "integer": pl.Int64, "boolean": pl.Boolean, "float": pl.Float64,
+                                "text": pl.String}[kind]
                        for name, kind in self.columns}
 
     def rows(self, body: Any) -> list[dict[str, Any]]:
@@ -84,12 +95,17 @@ class RowValidator:
                     raise RequestError(f"rows[{index}].{name}", "missing (send null for an unknown value)")
                 problem = _check(kind, row[name])
                 if problem:
-                    raise RequestError(f"rows[{index}].{name}", f"{problem} (got {row[name]!r:.40})")
+                    shown = f"{len(row[name]):,} characters" if kind == "text" and isinstance(row[name], str) else f"{row[name]!r:.40}"
+                    raise RequestError(f"rows[{index}].{name}", f"{problem} (got {shown})")
             if self.strict:
                 extra = [k for k in row if k not in self.known]
                 if extra:
                     raise RequestError(f"rows[{index}].{extra[0][:100]}", "unknown field (strict mode)")
         return rows
+
+    def warmup_row(self) -> dict[str, Any]:
+        """A row the model must answer at start: null everywhere, a word in each text column."""
+        return {name: "warmup" if kind == "text" else None for name, kind in self.columns}
 
     def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
         """Validated rows as a frame with the dtypes the schema expects."""
@@ -99,9 +115,11 @@ class RowValidator:
     def json_schema(self) -> dict[str, Any]:
         """The request body's JSON schema, for /openapi.json and clients."""
         types = {"string": "string", "boolean": "boolean", "integer": "integer", "float": "number"}
+        text = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS}
         row = {
             "type": "object",
-            "properties": {name: {"type": [types[kind], "null"]} for name, kind in self.columns},
+            "properties": {name: text if kind == "text" else {"type": [types[kind], "null"]}
+                           for name, kind in self.columns},
             "required": [name for name, _ in self.columns],
             "additionalProperties": not self.strict,
         }
