@@ -71,12 +71,13 @@ class Checkpointer:
         keep_best_count: int = 1,
         async_save: bool = True,
         save_rng: bool = True,
+        s3_backend: str | None = None,
     ) -> None:
         if keep_last is not None and keep_last < 1:
             raise ConfigError(f"keep_last must be >= 1 or None to keep all (got {keep_last})")
         if keep_best is not None and (len(keep_best) != 2 or keep_best[1] not in ("min", "max")):
             raise ConfigError(f"keep_best must be (metric, 'min' | 'max') (got {keep_best!r})")
-        self.storage: Storage = open_storage(uri) if isinstance(uri, str) else uri
+        self.storage: Storage = open_storage(uri, s3_backend=s3_backend) if isinstance(uri, str) else uri
         self.keep_last = keep_last
         self.keep_best = keep_best
         self.keep_best_count = keep_best_count
