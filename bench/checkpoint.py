@@ -70,7 +70,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
 BUCKET = "torchkeep-bench"
-S3_METHODS = ["seed1", "boto3xfer", "s3tc", "torchkeep"]
+S3_METHODS = ["seed1", "boto3xfer", "s3tc", "torchkeep", "torchkeep_s3tc"]
 SEED_METHODS = ["seed1", "boto3xfer", "s3tc"]
 LOCAL_METHODS = ["local_torch", "local_torchkeep", "local_raw", "local_raw_overwrite"]
 LABELS = {
@@ -78,6 +78,7 @@ LABELS = {
     "boto3xfer": "boto3 upload_fileobj / download_fileobj (16 MiB x 8)",
     "s3tc": "s3torchconnector S3Checkpoint",
     "torchkeep": "torchkeep Checkpointer (sync)",
+    "torchkeep_s3tc": "torchkeep Checkpointer (sync), s3torchconnector backend",
     "local_torch": "torch.save + fsync / torch.load",
     "local_torchkeep": "torchkeep Checkpointer (sync)",
     "local_raw": "raw write + fsync, new file / readinto",
@@ -277,11 +278,18 @@ def worker(spec: dict) -> dict:
             with checkpoint.reader(uri) as reader:
                 load_seed_object(torch.load(reader, weights_only=True))
 
-    elif method in ("torchkeep", "local_torchkeep"):
+    elif method in ("torchkeep", "local_torchkeep", "torchkeep_s3tc"):
         from torchkeep import Checkpointer
 
-        where = f"s3://{BUCKET}/{spec['setting']}/{method}" if method == "torchkeep" else str(local_dir)
-        checkpointer = Checkpointer(where, keep_last=1, async_save=False)
+        backend = None
+        if method == "torchkeep_s3tc":
+            try:
+                import s3torchconnector  # noqa: F401
+            except ImportError as error:
+                return {"skipped": f"not importable ({error}); see the note at the end"}
+            backend = "s3torchconnector"
+        where = str(local_dir) if method == "local_torchkeep" else f"s3://{BUCKET}/{spec['setting']}/{method}"
+        checkpointer = Checkpointer(where, keep_last=1, async_save=False, s3_backend=backend)
 
         def save() -> None:
             checkpointer.save(spec["step"], model=model, optimizer=optimizer, epoch=1, extra={"loss": loss})

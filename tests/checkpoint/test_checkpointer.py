@@ -205,6 +205,41 @@ def test_save_snapshots_before_returning_so_the_loop_may_change_weights_at_once(
     assert not torch.equal(weights(model)["0.weight"], before_weights["0.weight"])
 
 
+def test_each_async_save_keeps_its_moment_while_the_next_steps_and_saves_run(tmp_path: Path) -> None:
+    """optimizer.step and forward passes (BatchNorm statistics) run while the previous save is written;
+    snapshot buffers are reused from save to save: every checkpoint still holds its own step, bit for bit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 1024), nn.BatchNorm1d(1024), nn.ReLU(), nn.Linear(1024, 1024))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        model(torch.randn(32, 64)).square().mean().backward()
+        optimizer.step()
+        scheduler.step()
+
+    expected = {}
+    with Checkpointer(str(tmp_path / "run"), keep_last=None, async_save=True) as ck:
+        for number in range(1, 6):
+            step()
+            ck.save(number, model=model, optimizer=optimizer, scheduler=scheduler)
+            expected[number] = (weights(model), copy.deepcopy(optimizer.state_dict()),
+                                copy.deepcopy(scheduler.state_dict()))
+            # the next step at once, while this save is written (12 MB): parameters, Adam moments and
+            # step counts, and the BatchNorm running statistics all change in place
+    for number, (model_state, optimizer_state, scheduler_state) in expected.items():
+        fresh = nn.Sequential(nn.Linear(64, 1024), nn.BatchNorm1d(1024), nn.ReLU(), nn.Linear(1024, 1024))
+        fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+        fresh_scheduler = torch.optim.lr_scheduler.StepLR(fresh_optimizer, step_size=2)
+        Checkpointer(str(tmp_path / "run")).restore(model=fresh, optimizer=fresh_optimizer, scheduler=fresh_scheduler,
+                                                    step=number)
+        assert_same(model_state, weights(fresh), f"model at step {number}")
+        assert_same(optimizer_state, fresh_optimizer.state_dict(), f"optimizer at step {number}")
+        assert_same(scheduler_state, fresh_scheduler.state_dict(), f"scheduler at step {number}")
+    assert expected[4][0]["1.running_mean"].ne(expected[5][0]["1.running_mean"]).any()  # the buffers did move
+
+
 def test_context_manager_waits_for_the_write_on_exit(tmp_path: Path) -> None:
     model = nn.Linear(1024, 1024)
     run = tmp_path / "run"

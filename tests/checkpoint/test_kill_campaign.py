@@ -327,3 +327,22 @@ def test_a_run_killed_while_writing_its_run_directory_can_be_resumed(tmp_path: P
     assert resumed.finish() == 0, resumed.stderr()
     got = load_file(run / "bundle" / "model.safetensors")
     assert all(torch.equal(reference.weights[name], got[name]) for name in reference.weights)
+
+
+def test_ten_kills_on_s3_through_s3torchconnector_resume_to_the_uninterrupted_weights(
+    s3, tmp_path: Path, reference: Reference
+) -> None:
+    """The same campaign with TORCHKEEP_S3_BACKEND=s3torchconnector (path-style set in the AWS config file)."""
+    pytest.importorskip("s3torchconnector", reason="s3torchconnector is not installed: pip install 'torchkeep[s3torchconnector]'")
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\ns3 =\n    addressing_style = path\n")
+    bucket = s3.new_bucket()
+    run_dir = f"s3://{bucket}/run"
+    env = train_env({**s3.env, "TORCHKEEP_S3_BACKEND": "s3torchconnector", "AWS_CONFIG_FILE": str(config)})
+
+    def bundle() -> dict[str, torch.Tensor]:
+        body = s3.client().get_object(Bucket=bucket, Key="run/bundle/model.safetensors")["Body"].read()
+        return load_safetensors(body)
+
+    campaign = run_campaign(run_dir, tmp_path, env, reference, seed=13)
+    finish_and_check(campaign, run_dir, tmp_path, env, bundle, reference)

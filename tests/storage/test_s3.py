@@ -168,16 +168,18 @@ def test_a_reader_never_sees_half_of_a_single_part_object_while_it_is_overwritte
 
 
 def test_a_slow_ranged_read_does_not_mix_two_versions_of_an_object(s3) -> None:
-    """Reads go through a stalling proxy; the object is overwritten while its first part is in flight."""
+    """The first GET is slowed by a proxy; the object is overwritten while it is in flight; the rest
+    of the object then comes in ranged GETs (this reader always splits), which must not mix versions."""
     bucket = s3.new_bucket()
     writer = storage_in(s3, bucket)
-    old, new = b"\x01" * (PART + 1024), b"\x02" * (PART + 1024)  # two ranged GETs, one after the other
+    old, new = b"\x01" * (2 * PART + 1024), b"\x02" * (2 * PART + 1024)  # the first GET plus ranged GETs
     writer.write("bundle/model.safetensors", old)
     host, port = s3.url.removeprefix("http://").split(":")
     proxy = FaultProxy((host, int(port))).start()
     try:
-        proxy.stall_s = 0.05  # the first part trickles in (80 s for 5 MiB) until the overwrite is done
-        reader = storage_in(s3, bucket, threads=1, client=s3.client(endpoint_url=proxy.url))
+        proxy.stall_s = 0.05  # the first GET trickles in until the overwrite is done
+        reader = storage_in(s3, bucket, threads=1, single_stream_rate=float("inf"),
+                            client=s3.client(endpoint_url=proxy.url))
         outcome: dict[str, object] = {}
 
         def read() -> None:
@@ -189,7 +191,7 @@ def test_a_slow_ranged_read_does_not_mix_two_versions_of_an_object(s3) -> None:
         thread = threading.Thread(target=read)
         thread.start()
         deadline = time.monotonic() + 10
-        while proxy.connections < 2 and time.monotonic() < deadline:  # HEAD done, first ranged GET sent
+        while proxy.connections < 1 and time.monotonic() < deadline:  # the first GET is sent
             time.sleep(0.001)
         time.sleep(0.3)  # the GET has reached the server, which answers with the old bytes
         writer.write("bundle/model.safetensors", new)
@@ -197,10 +199,29 @@ def test_a_slow_ranged_read_does_not_mix_two_versions_of_an_object(s3) -> None:
         thread.join(timeout=30)
     finally:
         proxy.close()
+    assert proxy.connections >= 2, outcome.get("error")  # the read did go on in ranged GETs
     data = outcome.get("data", b"")
     whole = "error" in outcome or data in (old, new)
     assert whole, (
         f"the read mixed two versions: {data.count(1)} bytes of the old one, {data.count(2)} of the new one")
+
+
+def test_a_read_is_split_into_parallel_ranges_only_when_its_connection_is_slow(s3) -> None:
+    bucket = s3.new_bucket()
+    payload = os.urandom(24 * MiB)
+    storage_in(s3, bucket).write("state.safetensors", payload)
+    host, port = s3.url.removeprefix("http://").split(":")
+    proxy = FaultProxy((host, int(port))).start()
+    try:
+        fast = storage_in(s3, bucket, single_stream_rate=10e6, client=s3.client(endpoint_url=proxy.url))
+        assert fast.read("state.safetensors") == payload
+        assert proxy.connections == 1  # one GET: loopback delivers far more than 10 MB/s
+        proxy.stall_s = 0.02  # at most 64 KiB per 20 ms: ~3 MB/s, below the default 100 MB/s
+        slow = storage_in(s3, bucket, client=s3.client(endpoint_url=proxy.url))
+        assert slow.read("state.safetensors") == payload
+        assert proxy.connections >= 1 + 4  # the first GET, then the rest in ranges of 5 MiB at most
+    finally:
+        proxy.close()
 
 
 def test_a_dropped_connection_is_retried_and_the_upload_completes(s3) -> None:

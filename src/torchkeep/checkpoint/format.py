@@ -107,23 +107,30 @@ def read_manifest(storage: Storage, name: str) -> dict[str, Any]:
 
 
 def read_checkpoint(storage: Storage, name: str) -> tuple[dict[str, Any], dict[str, bytearray]]:
-    """The manifest and every file's bytes, each checked against the manifest's size and sha256."""
+    """The manifest and every file's bytes, each checked against the manifest's size and sha256.
+
+    Files are read in parallel, each hashed as soon as it is in: one file's hash overlaps the
+    next one's download.
+    """
     manifest = read_manifest(storage, name)
-    files = {}
-    for file_name, entry in manifest["files"].items():
-        where = f"{storage.uri}/{PREFIX}/{name}/{file_name}"
-        try:
-            data = storage.read(f"{PREFIX}/{name}/{file_name}")
-        except StorageError as error:
-            raise CheckpointError(f"{where}: listed in the manifest but unreadable ({error})") from error
-        if len(data) != entry["size"]:
-            raise CheckpointError(
-                f"{where}: {len(data)} bytes, manifest says {entry['size']} (truncated or altered)"
-            )
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise CheckpointError(f"{where}: sha256 does not match the manifest (altered bytes)")
-        files[file_name] = data
-    return manifest, files
+    entries = manifest["files"].items()
+    with ThreadPoolExecutor(max_workers=max(1, len(entries)), thread_name_prefix="torchkeep-read") as pool:
+        futures = {file_name: pool.submit(_read_verified, storage, name, file_name, entry)
+                   for file_name, entry in entries}
+        return manifest, {file_name: future.result() for file_name, future in futures.items()}
+
+
+def _read_verified(storage: Storage, name: str, file_name: str, entry: dict[str, Any]) -> bytearray:
+    where = f"{storage.uri}/{PREFIX}/{name}/{file_name}"
+    try:
+        data = storage.read(f"{PREFIX}/{name}/{file_name}")
+    except StorageError as error:
+        raise CheckpointError(f"{where}: listed in the manifest but unreadable ({error})") from error
+    if len(data) != entry["size"]:
+        raise CheckpointError(f"{where}: {len(data)} bytes, manifest says {entry['size']} (truncated or altered)")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise CheckpointError(f"{where}: sha256 does not match the manifest (altered bytes)")
+    return data
 
 
 def list_checkpoints(storage: Storage, verify: bool = False) -> list[CheckpointInfo]:

@@ -7,8 +7,8 @@
             ...
             ck.save(step, model=model, optimizer=opt, metrics={"loss": loss.item()})
 
-`save` snapshots (copies) every tensor before it returns, so the caller may step the optimizer at
-once; the bytes are written in a background thread (one save in flight at most) and an error there
+`save` snapshots (copies) every tensor before it returns, so the caller may step the optimizer (or
+change any tensor in place) at once; the bytes are written in a background thread (one save in flight at most) and an error there
 is raised by the next `save` or `wait`. The commit protocol is in checkpoint/format.py.
 """
 
@@ -25,6 +25,7 @@ import torch
 from torchkeep.checkpoint import codec, format, tensors as tensor_files
 from torchkeep.checkpoint.format import CheckpointInfo
 from torchkeep.checkpoint.rng import rng_state, set_rng_state
+from torchkeep.checkpoint.snapshot import Staging
 from torchkeep.errors import CheckpointError, ConfigError, TorchkeepError
 from torchkeep.storage import Storage, open_storage
 
@@ -71,12 +72,13 @@ class Checkpointer:
         keep_best_count: int = 1,
         async_save: bool = True,
         save_rng: bool = True,
+        s3_backend: str | None = None,
     ) -> None:
         if keep_last is not None and keep_last < 1:
             raise ConfigError(f"keep_last must be >= 1 or None to keep all (got {keep_last})")
         if keep_best is not None and (len(keep_best) != 2 or keep_best[1] not in ("min", "max")):
             raise ConfigError(f"keep_best must be (metric, 'min' | 'max') (got {keep_best!r})")
-        self.storage: Storage = open_storage(uri) if isinstance(uri, str) else uri
+        self.storage: Storage = open_storage(uri, s3_backend=s3_backend) if isinstance(uri, str) else uri
         self.keep_last = keep_last
         self.keep_best = keep_best
         self.keep_best_count = keep_best_count
@@ -84,6 +86,7 @@ class Checkpointer:
         self.save_rng = save_rng
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
+        self._staging = Staging()
 
     # -- saving ---------------------------------------------------------------------------------
 
@@ -126,18 +129,22 @@ class Checkpointer:
         """`save` from state dicts rather than live objects (e.g. a `torch.load`ed checkpoint dict);
         `restore(model=..., optimizer=...)` loads them back into objects. `rng` (from
         `torchkeep.checkpoint.rng.rng_state()`) is stored only when given."""
-        self._raise_pending()
-        # Async saves copy every tensor now (the caller steps on at once); sync saves write straight
-        # from the live tensors, so they need no second copy of the state in memory.
-        copy = self.async_save
+        self._raise_pending()  # the previous save has finished: its snapshot buffers are free again
+        # Async saves copy every tensor now (the caller steps on at once; see checkpoint/snapshot.py);
+        # sync saves write straight from the live tensors, so they need no second copy in memory.
         files: dict[str, Any] = {}
         if model_state is not None:
-            files[MODEL_FILE] = {k: v.detach().to("cpu", copy=copy) for k, v in model_state.items()}
+            files[MODEL_FILE] = {k: v.detach().to("cpu", copy=False) for k, v in model_state.items()}
         parts = {"optimizer": optimizer_state, "scheduler": scheduler_state, "loader": loader_state,
                  "rng": rng, "extra": extra or {}}
         tensors: dict[str, torch.Tensor] = {}
         state = {"step": step, "epoch": epoch, "metrics": metrics or {}}
-        state.update({k: codec.encode(v, tensors, k, copy=copy) for k, v in parts.items()})
+        state.update({k: codec.encode(v, tensors, k, copy=False) for k, v in parts.items()})
+        if self.async_save:
+            if MODEL_FILE in files:
+                files[MODEL_FILE] = {k: self._staging.copy(f"model/{k}", v) for k, v in files[MODEL_FILE].items()}
+            tensors = {k: self._staging.copy(f"state/{k}", v) for k, v in tensors.items()}
+            self._staging.done()
         files[STATE_TENSORS_FILE] = tensors
         files[STATE_FILE] = state
         meta = {"step": step, "epoch": epoch, "metrics": metrics or {}}
@@ -181,6 +188,7 @@ class Checkpointer:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            self._staging.release()
 
     def __enter__(self) -> Checkpointer:
         return self

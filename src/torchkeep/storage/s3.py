@@ -8,7 +8,8 @@ AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_PROFILE, the credential 
   caller's buffers with at most `max_parts_in_flight` parts in memory, parts uploaded in parallel;
   any failure aborts the upload, so nothing partial ever becomes visible. A PUT is atomic on S3:
   nothing here relies on rename (object stores have none).
-- read: one GET for small objects; larger ones in parallel ranged GETs into a single buffer.
+- read: one GET into a single buffer; when that connection delivers less than `single_stream_rate`
+  (a per-connection cap), the rest of a large object comes in parallel ranged GETs instead.
 - retries: botocore's standard retry mode (throttling, 5xx, dropped connections) with backoff.
 """
 
@@ -18,6 +19,7 @@ import io
 import math
 import os
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -25,6 +27,9 @@ from typing import Any
 from torchkeep.errors import MissingExtraError, StorageError
 
 MiB = 1 << 20
+CHUNK = 256 * 1024  # bytes read from a response at a time: small, so 16 readers hold little memory
+PROBE_BYTES = 4 * MiB  # a read measures its connection's rate over this much, or PROBE_S seconds
+PROBE_S = 0.25
 
 
 def _boto3() -> Any:
@@ -97,6 +102,7 @@ class S3Storage:
         part_size: int = 8 * MiB,
         max_parts_in_flight: int = 16,
         threads: int = 16,
+        single_stream_rate: float = 100e6,
         client: Any = None,
     ) -> None:
         boto3, botocore = _boto3()
@@ -105,6 +111,7 @@ class S3Storage:
         self.part_size = part_size
         self.max_parts_in_flight = max_parts_in_flight
         self.threads = threads
+        self.single_stream_rate = single_stream_rate  # bytes/s above which one GET is not split
         self._botocore = botocore
         if client is None:
             config = botocore.config.Config(
@@ -171,31 +178,44 @@ class S3Storage:
         raise StorageError(f"{self._where(key)}: the object kept changing while it was being read")
 
     def _read(self, key: str) -> bytearray:
+        """One GET; split into parallel ranged GETs only when that one connection turns out slow.
+
+        A per-connection cap (real object stores, a WAN) makes parallel ranges many times faster;
+        a connection that already delivers `single_stream_rate` gains little from them, and some
+        servers (moto) copy the whole object for every ranged GET, so splitting there costs
+        O(ranges x size). The first GET's own rate, measured once bytes flow, decides.
+        """
         name = self._key(key)
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=name)
-            size, etag = head["ContentLength"], head["ETag"]
-            if size <= self.part_size:  # one GET returns one whole version, whatever HEAD saw
-                return bytearray(self.client.get_object(Bucket=self.bucket, Key=name)["Body"].read())
+            response = self.client.get_object(Bucket=self.bucket, Key=name)
+            size, etag, body = response["ContentLength"], response["ETag"], response["Body"]
             buffer = bytearray(size)
             view = memoryview(buffer)
-            # At most `threads` ranges per object: fewer requests (each has a fixed cost, and some
-            # servers copy the whole object per ranged GET), all of them in flight at once.
-            span = max(self.part_size, math.ceil(size / self.threads))
+            position = self._fill(body, view, 0, min(size, CHUNK), key)
+            flowing = time.perf_counter()  # first bytes in: the server's own start-up is behind us
+            while position < size and position < PROBE_BYTES and time.perf_counter() - flowing < PROBE_S:
+                position = self._fill(body, view, position, min(size, position + CHUNK), key)
+            elapsed = max(time.perf_counter() - flowing, 1e-6)
+            slow = (position - min(size, CHUNK)) / elapsed < self.single_stream_rate
+            if size - position <= self.part_size or not slow:
+                self._fill(body, view, position, size, key)  # the rest from the same response
+                return buffer
+            # This response goes on for the first span; the rest in at most `threads` ranges, all in
+            # flight at once, each tied to this version by IfMatch: never half old, half new bytes.
+            span = max(self.part_size, math.ceil((size - position) / (self.threads + 1)))
+            first_end = min(size, position + span)
 
             def fetch(start: int) -> None:
-                end = min(size, start + span) - 1
-                # IfMatch ties every range to the version HEAD saw: never half old, half new bytes.
-                body = self.client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes={start}-{end}",
-                                              IfMatch=etag)["Body"]
-                position = start
-                for chunk in body.iter_chunks(1 * MiB):
-                    view[position : position + len(chunk)] = chunk
-                    position += len(chunk)
-                if position != end + 1:
-                    raise StorageError(f"{self._where(key)}: short ranged read ({position - start} of {end + 1 - start} bytes)")
+                end = min(size, start + span)
+                ranged = self.client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes={start}-{end - 1}",
+                                                IfMatch=etag)["Body"]
+                self._fill(ranged, view, start, end, key)
 
-            futures = [self._executor().submit(fetch, start) for start in range(0, size, span)]
+            futures = [self._executor().submit(fetch, start) for start in range(first_end, size, span)]
+            try:
+                self._fill(body, view, position, first_end, key)
+            finally:
+                body.close()  # the rest of this response is not needed
             for future in futures:
                 future.result()
             return buffer
@@ -207,6 +227,17 @@ class S3Storage:
             raise self._error(error, key, "read") from error
         except Exception as error:
             raise self._error(error, key, "read") from error
+
+    def _fill(self, body: Any, view: memoryview, start: int, end: int, key: str = "") -> int:
+        """Read body bytes into view[start:end]; raise if the body ends early. Returns `end`."""
+        position = start
+        while position < end:
+            chunk = body.read(min(CHUNK, end - position))
+            if not chunk:
+                raise StorageError(f"{self._where(key)}: the response ended early ({position} of {end} bytes)")
+            view[position : position + len(chunk)] = chunk
+            position += len(chunk)
+        return position
 
     def write(self, key: str, data: bytes | bytearray | memoryview | Iterable[Any]) -> None:
         chunks = [memoryview(data).cast("B")] if isinstance(data, (bytes, bytearray, memoryview)) else [
