@@ -3,10 +3,13 @@
   pretrain     torchkeep.train on part A (all of it), default settings and --pretrain-epochs
   scratch      torchkeep.train on a small training sample of part B, from random weights
   frozen       the same, --init-from the pretrained run with everything but the head frozen
-               (--freeze 'embeddings.*,continuous_norm.*,mlp.*')
+               (flights: --freeze 'embeddings.*,continuous_norm.*,mlp.*'; digits: --freeze 'features.*')
   lr-mult      the same, --init-from the pretrained run, everything trains, --backbone-lr-mult 0.1
+  all          the same, --init-from the pretrained run, everything trains at the full rate
+  frozen+head  digits only: "frozen" with the pretrained head loaded too (the other variants keep a
+               fresh head: the source's 5 outputs meant classes 0-4)
 
-All three fine-tuning variants get the same epochs, batch size, learning rate, schedule and
+All fine-tuning variants get the same epochs, batch size, learning rate, schedule and
 validation set (the rest of part B, given as valid_path), so their curves are comparable epoch by
 epoch. Printed: the validation metric after every epoch (median over --seeds) side by side, and for
 each transferred variant the first epoch at which it reaches the from-scratch run's final value.
