@@ -45,6 +45,7 @@ from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.train.progress import Progress
 from torchkeep.train.state import TrainState, seed_everything
 from torchkeep.models.tabular_transfer import level_aligner, read_init_from
+from torchkeep.models.vision_transfer import transfer_adapter
 from torchkeep.train.transfer import Pretrained, check_transfer, load_pretrained
 
 log = logging.getLogger("torchkeep")
@@ -299,9 +300,9 @@ def _init_from(model: torch.nn.Module, config: RunConfig, schema: TableSchema, s
         return []
     if resuming and any(info.status == "complete" for info in checkpointer.list()):
         return _read_json(storage, "transfer.json", storage.uri)["pretrained_parameters"]
-    # Tables re-order embedding rows and first-layer columns by level and column name; images match by name only.
+    # Tables re-order embedding rows and first-layer columns by level and column name; images their head's rows by label.
     # (the aligner knows EntityEmbeddingMLP's layout only: not a text model's first layer).
-    adapt = level_aligner(schema) if isinstance(schema, TableSchema) and not schema.text else None
+    adapt = level_aligner(schema) if isinstance(schema, TableSchema) and not schema.text else transfer_adapter(schema)
     report = load_pretrained(model, pretrained or transfer.init_from, rename=transfer.rename, adapt=adapt)
     for line in report.lines():
         progress.message(line)

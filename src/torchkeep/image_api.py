@@ -31,11 +31,14 @@ from torchkeep.data.image_io import (
 from torchkeep.data.images import AugmentingLoader, ImageFileDataset, ImageSchema
 from torchkeep.data.loader import BatchLoader, DatasetLoader
 from torchkeep.errors import ConfigError, DataError
+from torchkeep.models.build import build_model
 from torchkeep.models.vision import vision_model_args
+from torchkeep.models.vision_transfer import head_aligner, read_init_from
 from torchkeep.storage import open_storage
 from torchkeep.train.loop import TrainConfig
 from torchkeep.train.optim import OptimConfig
 from torchkeep.train.progress import Progress
+from torchkeep.train.transfer import check_transfer
 
 IMAGE_ARCHITECTURES = {"cnn": "image_cnn", "mlp": "image_mlp"}
 # Image runs start from these instead of the table defaults (3 epochs of 1024 rows suit 50k-row
@@ -294,6 +297,12 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
     architecture = IMAGE_ARCHITECTURES[config.vision.architecture]
     model_args = vision_model_args(config.vision, schema)
     tensors = _tensors(schema, train_raw, valid_raw, config) if plan is None else (None, None)  # before anything is written
+    # Also before: freeze patterns, and what init_from loads (on a scratch model), as for tables.
+    pretrained, config = read_init_from(config)
+    transfer_report = check_transfer(config.train.transfer, lambda: build_model(architecture, model_args), pretrained,
+                                     head_aligner(schema))
+    if transfer_report is not None:
+        _write_json(storage, "transfer.json", transfer_report)
     _write_json(storage, "config.json", config.to_dict())
     _write_json(storage, "schema.json", schema.to_dict())
     _write_json(storage, "model.json", {"architecture": architecture, "args": model_args})

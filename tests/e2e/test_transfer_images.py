@@ -1,5 +1,6 @@
 """Transfer learning on images through the CLI: a CNN trained on digits 0-4 starts a run on digits 5-9
-with its backbone frozen; the frozen part stays bit-identical, the head trains, and such a run resumes."""
+with its backbone frozen; the frozen part stays bit-identical, the head (whose classes are all new)
+starts fresh and trains, and such a run resumes. Bad transfer settings leave no run directory."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def test_a_frozen_backbone_ends_bit_identical_and_the_head_trains(torchkeep, dig
     result = torchkeep("train", "--data", "high", "--run-dir", "tuned", "--init-from", "base",
                        "--freeze", "features.*", *COMMON, cwd=digit_parts)
     assert result.returncode == 0, result.stderr
-    assert "init from base (bundle): loaded" in result.stderr
+    assert f"init from {digit_parts / 'base'} (bundle): loaded" in result.stderr  # absolute: a resume reads it from anywhere
+    assert "head rows copied by label: 0 of 5 labels known to both runs" in result.stderr
     before, after = weights(digit_parts / "base"), weights(digit_parts / "tuned")
     features = [name for name in before if name.startswith("features.")]
     # conv and BatchNorm weights, and the BatchNorm running statistics, which a training-mode forward would move
@@ -55,6 +57,18 @@ def test_a_frozen_backbone_ends_bit_identical_and_the_head_trains(torchkeep, dig
     assert [name for name in ("head.weight", "head.bias") if torch.equal(before[name], after[name])] == []
     report = json.loads((digit_parts / "tuned" / "transfer.json").read_text())
     assert {name for name in features if name.endswith(("weight", "bias"))} <= set(report["pretrained_parameters"])
+    assert {"head.weight", "head.bias"} <= set(report["new"])
+    # the backbone keeps the input normalization it was trained with, not this run's statistics
+    tuned_schema = json.loads((digit_parts / "tuned" / "schema.json").read_text())
+    assert after["normalize.mean"].flatten().tolist() == before["normalize.mean"].flatten().tolist() != tuned_schema["mean"]
+
+
+@pytest.mark.parametrize("setting", [("--freeze", "embeddings.*"), ("--init-from", "nowhere")])
+def test_bad_transfer_settings_leave_no_run_directory(torchkeep, tmp_path, setting):
+    result = torchkeep("train", "--example", "digits", *setting, "--run-dir", "x", *COMMON, cwd=tmp_path)
+    assert result.returncode == 2
+    assert setting[1] in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "x").exists()
 
 
 def test_an_image_run_started_from_another_resumes(torchkeep, digit_parts):
