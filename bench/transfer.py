@@ -6,8 +6,12 @@
                (flights: --freeze 'embeddings.*,continuous_norm.*,mlp.*'; digits: --freeze 'features.*')
   lr-mult      the same, --init-from the pretrained run, everything trains, --backbone-lr-mult 0.1
   all          the same, --init-from the pretrained run, everything trains at the full rate
-  frozen+head  digits only: "frozen" with the pretrained head loaded too (the other variants keep a
-               fresh head: the source's 5 outputs meant classes 0-4)
+  gradual      gradual unfreezing: "frozen" for epochs 1 to K-1 (only the head trains), then everything
+               trains at the full rate from epoch K (--unfreeze-at K, default 3, fixed before any run)
+  gradual+mult "gradual" with the pretrained weights at lr x 0.1 (--backbone-lr-mult 0.1)
+
+The head follows labels (torchkeep's adapters): digits 5-9 share no label with 0-4, so every
+transferred digits variant starts with a fresh head, as a new set of classes should.
 
 All fine-tuning variants get the same epochs, batch size, learning rate, schedule and
 validation set (the rest of part B, given as valid_path), so their curves are comparable epoch by
@@ -22,6 +26,7 @@ backbone is the CNN's `features.*`. Another dataset is one function returning Pa
 
 Run: .venv/bin/python bench/transfer.py [--dataset flights] [--finetune-rows 1500] [--epochs 10] [--seeds 3]
      .venv/bin/python bench/transfer.py --dataset digits [--per-class 5] [--epochs 15] [--batch-size 16] [--lr 3e-3]
+     (either: [--unfreeze-at 3])
 """
 
 from __future__ import annotations
@@ -64,7 +69,6 @@ class Parts:
     settings: dict[str, object] = field(default_factory=dict)  # passed to every torchkeep.train call
     write: Callable[[Any, Path], str] = write_parquet  # one part to a file or folder named from the stem: its path
     same_labels: bool = True  # part B's labels are ones the pretrained model knows (it can score B as it is)
-    rename: dict[str, str] = field(default_factory=dict)  # transfer.rename for the transferred variants
     probe: Callable[[Parts, Path], float] | None = None  # what a linear head alone can reach on the frozen backbone
 
 
@@ -140,9 +144,6 @@ def digits_parts(args: argparse.Namespace) -> Parts:
         monitor="accuracy",
         write=write_idx_folder,
         same_labels=False,
-        # The source's head (classes 0-4) would load wherever its shape fits (5 outputs here too): keep a
-        # fresh head, as for any new set of classes. "frozen+head" shows what loading it does.
-        rename={"head.": "pretrained_head."},
         probe=backbone_linear_probe,
     )
 
@@ -172,6 +173,8 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, help="(default: flights 3, digits 15)")
     parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (default: flights 256, digits 16)")
     parser.add_argument("--lr", type=float, help="fine-tuning peak learning rate, every variant (default: torchkeep's)")
+    parser.add_argument("--unfreeze-at", type=int, default=3,
+                        help="gradual variants: the epoch everything starts training (default 3, fixed a priori)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per variant; curves are medians (default 3)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -187,12 +190,13 @@ def main() -> None:
     tuning = {"epochs": args.epochs, "batch_size": args.batch_size, **({"lr": args.lr} if args.lr else {})}
     variants = {
         "scratch": {},
-        "frozen": {"init_from": "PRETRAINED", "freeze": parts.backbone, "rename": parts.rename},
-        "lr-mult": {"init_from": "PRETRAINED", "backbone_lr_mult": 0.1, "rename": parts.rename},
-        "all": {"init_from": "PRETRAINED", "rename": parts.rename},
+        "frozen": {"init_from": "PRETRAINED", "freeze": parts.backbone},
+        "lr-mult": {"init_from": "PRETRAINED", "backbone_lr_mult": 0.1},
+        "all": {"init_from": "PRETRAINED"},
+        "gradual": {"init_from": "PRETRAINED", "freeze": parts.backbone, "unfreeze_at": args.unfreeze_at},
+        "gradual+mult": {"init_from": "PRETRAINED", "freeze": parts.backbone, "unfreeze_at": args.unfreeze_at,
+                         "backbone_lr_mult": 0.1},
     }
-    if parts.rename:
-        variants["frozen+head"] = {"init_from": "PRETRAINED", "freeze": parts.backbone}
     curves: dict[str, list[list[float]]] = {name: [] for name in variants}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="torchkeep-transfer-") as root:
