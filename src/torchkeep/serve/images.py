@@ -82,6 +82,10 @@ class ImageRowValidator:
             rows.append({"image": self._decode(part.get_payload(decode=True) or b"", field)})
         return rows
 
+    def warmup_row(self) -> dict[str, Any]:
+        """The row the model must answer at start: no image (a black one)."""
+        return {"image": None}
+
     def frame(self, rows: list[dict[str, Any]]) -> torch.Tensor:
         """Rows as one uint8 [N, C, H, W] batch (a row without an image, as in the warm-up, is black)."""
         blank = np.zeros((self.schema.channels, self.schema.height, self.schema.width), dtype=np.uint8)
