@@ -40,8 +40,9 @@ def _names(values: list[str] | None) -> list[str] | None:
 def add_parser(commands: Any) -> None:
     p = commands.add_parser(
         "train", help="train a model (default: the built-in flights example)",
-        description="Train an entity-embedding model on a CSV/Parquet table; every run keeps checkpoints,"
-        " metrics and a bundle for predict/serve in its run directory.",
+        description="Train a model on a CSV/Parquet table (categorical columns as entity embeddings, text"
+        " columns through a vocabulary) or on images (class folders, a CSV + --image-dir, MNIST idx files);"
+        " every run keeps checkpoints, metrics and a bundle for predict/serve in its run directory.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="settings file; flags override it")
