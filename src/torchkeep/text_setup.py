@@ -11,7 +11,7 @@ from torch import nn
 
 from torchkeep.config import RunConfig
 from torchkeep.data.table import TableSchema
-from torchkeep.data.text import read_vectors
+from torchkeep.data.text import read_tokenizer, read_vectors
 from torchkeep.models.build import text_model_args
 from torchkeep.models.tabular import TabularModelConfig
 from torchkeep.train.loop import TrainConfig
@@ -59,7 +59,9 @@ def fit_kwargs(config: RunConfig) -> dict[str, Any]:
     data = config.data
     return {"text": data.text_columns, "max_tokens": data.max_tokens, "text_ngrams": resolved_ngrams(config),
             "min_freq": data.min_freq, "max_vocab": data.max_vocab, "char_ngrams": data.char_ngrams,
-            "distinct_tokens": config.model.text_encoder == "bag"}
+            "distinct_tokens": config.model.text_encoder == "bag",
+            # The file's JSON goes into the schema (and so the bundle): predict and serve need no copy.
+            "tokenizer": read_tokenizer(data.tokenizer) if data.tokenizer else None}
 
 
 def model_args(config: RunConfig, schema: TableSchema) -> dict[str, Any]:

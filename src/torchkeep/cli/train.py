@@ -83,6 +83,9 @@ def add_parser(commands: Any) -> None:
     text.add_argument("--min-freq", type=int, metavar="N", help="times a token is seen in training to enter the vocabulary (default 2)")
     text.add_argument("--char-ngrams", type=int, metavar="N",
                       help="words not in the vocabulary become their known character N-grams, fastText style (default 0: off)")
+    text.add_argument("--tokenizer", metavar="FILE",
+                      help="a Hugging Face tokenizers file (tokenizer.json) splits the texts instead; its tokens"
+                      " feed the vocabulary, its JSON is kept in the run (needs torchkeep[text])")
     text.add_argument("--max-vocab", type=int, metavar="N", help="vocabulary size cap, most frequent first (default 100000)")
     text.add_argument("--text-encoder", choices=["bag", "cnn", "gru"],
                       help="bag: mean of token vectors (EmbeddingBag, default, fastest); cnn: 1D convolution; gru")
@@ -151,7 +154,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult", "image_dir", "file_column",
              "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
-             "freeze_embeddings", "char_ngrams")
+             "freeze_embeddings", "char_ngrams", "tokenizer")
 
 
 def run(args: argparse.Namespace) -> int:
