@@ -50,7 +50,7 @@ class TabularModelConfig:
             raise ConfigError(f"model.text_dropout must be in [0, 1) (got {self.text_dropout})")
         if self.freeze_embeddings and not self.embeddings:
             raise ConfigError("model.freeze_embeddings needs pretrained vectors: --embeddings FILE")
-        if any(h < 1 for h in self.hidden_sizes):  # [] is a linear model on the inputs
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"model.hidden_sizes must be positive widths (got {self.hidden_sizes})")
         for name, value in (("dropout", self.dropout), ("embedding_dropout", self.embedding_dropout)):
             if not 0 <= value < 1:
