@@ -38,16 +38,21 @@ POSITIVE = "great"
 CANDIDATES: dict[str, dict[str, Any]] = {
     "defaults": {},
     "last epoch (no best pick)": {"restore_best": False},
-    "last epoch, 2% held out": {"restore_best": False, "valid_fraction": 0.02},
+    "last epoch + 2% held out": {"restore_best": False, "valid_fraction": 0.02},
     "sqrt pooling": {"text_weighting": "sqrt"},
-    "sqrt pooling, last epoch, 2% held out": {"text_weighting": "sqrt", "restore_best": False, "valid_fraction": 0.02},
+    "sqrt pooling + last epoch + 2% held out": {"text_weighting": "sqrt", "restore_best": False, "valid_fraction": 0.02},
     "weight decay 0.1": {"weight_decay": 0.1},
-    "linear head (no hidden layer)": {"hidden_sizes": []},
     "embedding dim 32": {"text_embedding_dim": 32},
     "embedding dim 128": {"text_embedding_dim": 128},
     "20 epochs": {"epochs": 20},
     "lr 3e-3": {"lr": 3e-3},
     "idf weighting": {"text_weighting": "idf"},
+    "sqrt pooling + last epoch": {"text_weighting": "sqrt", "restore_best": False},
+    "sqrt pooling + last epoch + 5% held out": {"text_weighting": "sqrt", "restore_best": False, "valid_fraction": 0.05},
+    "sqrt pooling + weight decay 0.1": {"text_weighting": "sqrt", "weight_decay": 0.1},
+    "sqrt pooling + 5 epochs": {"text_weighting": "sqrt", "epochs": 5},
+    "sqrt pooling + lr 2e-3": {"text_weighting": "sqrt", "lr": 2e-3},
+    "sqrt pooling + text dropout 0.3": {"text_weighting": "sqrt", "text_dropout": 0.3},
 }
 
 
@@ -91,7 +96,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--only", help="comma list of candidate names (default: all)")
-    parser.add_argument("--jsonl", help="append one line per candidate and fold to this file")
+    parser.add_argument("--jsonl", help="append one line per candidate and fold to this file; folds already"
+                        " in it are read back, not trained again")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,10 +107,19 @@ def main() -> None:
     folds = list(StratifiedKFold(args.folds, shuffle=True, random_state=0).split(np.zeros(data.height), data["score"]))
     print(f"data: small_fine_foods training_data ({data.height:,} reviews), {args.folds} stratified folds")
     tfidf = [baseline(data[train], data[held_out]) for train, held_out in folds]
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if args.jsonl and Path(args.jsonl).exists():
+        for line in Path(args.jsonl).read_text().splitlines():
+            record = json.loads(line)
+            done[record["name"], record["fold"]] = record
     results: dict[str, tuple[list[float], list[float]]] = {}
     for name in names:
         aucs, seconds = [], []
         for fold, (train, held_out) in enumerate(folds):
+            if (name, fold) in done:
+                aucs.append(done[name, fold]["auc"])
+                seconds.append(done[name, fold]["seconds"])
+                continue
             auc, took = candidate(data[train], data[held_out], CANDIDATES[name])
             aucs.append(auc)
             seconds.append(took)
