@@ -74,7 +74,8 @@ def add_parser(commands: Any) -> None:
     images.add_argument("--widths", metavar="N,N", help="cnn channels per block, each block halves H and W (default 32,64)")
     text = p.add_argument_group(
         "text columns", "Lower-cased, split into Unicode words, punctuation dropped; a vocabulary fitted on the"
-        " training split. A run with text columns defaults to 10 epochs, batch 64, lr 1e-3, MLP 32.")
+        " training split. A run with text columns defaults to 5 epochs, batch 64, lr 1e-3, MLP 32, sqrt pooling,"
+        " the last epoch's weights and 2% of the rows held out for validation (chosen by 5-fold CV, README ## Text).")
     text.add_argument("--text-column", action="append", metavar="COLS", dest="text_columns",
                       help="train these columns as text (comma list or repeated); `--example reviews` sets 'review'")
     text.add_argument("--max-tokens", type=int, metavar="N", help="token ids kept per text, the rest cut (default 1024)")
@@ -90,6 +91,8 @@ def add_parser(commands: Any) -> None:
     text.add_argument("--text-encoder", choices=["bag", "cnn", "gru"],
                       help="bag: mean of token vectors (EmbeddingBag, default, fastest); cnn: 1D convolution; gru")
     text.add_argument("--text-embedding-dim", type=int, metavar="N", help="size of a token vector (default 64)")
+    text.add_argument("--text-weighting", choices=["sqrt", "mean", "idf"],
+                      help="bag encoder: sum of token vectors over sqrt(tokens) (default), their mean, or IDF-weighted")
     text.add_argument("--text-dropout", type=float, metavar="P", help="dropout on the text vectors (default 0)")
     text.add_argument("--embeddings", metavar="FILE", help="pretrained word vectors, word2vec/GloVe text format (default none)")
     text.add_argument("--freeze-embeddings", action="store_true", default=None,
@@ -154,7 +157,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult", "image_dir", "file_column",
              "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
-             "freeze_embeddings", "char_ngrams", "tokenizer")
+             "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting")
 
 
 def run(args: argparse.Namespace) -> int:

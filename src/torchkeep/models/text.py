@@ -55,7 +55,8 @@ class TextEncoder(nn.Module):
             ids = ids[:, : max(1, int((ids != 0).sum(dim=1).max()))]
         if self.weighted:
             weights = self.token_weights[ids] * (ids != 0)  # all ones unless IDF was set
-            weights = weights / weights.norm(dim=1, keepdim=True).clamp(min=1e-6)
+            # (a square root of sums, not Tensor.norm: TorchScript's norm needs p as an argument)
+            weights = weights / weights.pow(2).sum(dim=1, keepdim=True).sqrt().clamp(min=1e-6)
             return self.embedding(ids, per_sample_weights=weights)
         if self.conv is None and self.gru is None:
             return self.embedding(ids)
