@@ -75,7 +75,8 @@ def add_parser(commands: Any) -> None:
     text = p.add_argument_group(
         "text columns", "Lower-cased, split into Unicode words, punctuation dropped; a vocabulary fitted on the"
         " training split. A run with text columns defaults to 5 epochs, batch 64, lr 1e-3, MLP 32, sqrt pooling,"
-        " the last epoch's weights and 2% of the rows held out for validation (chosen by 5-fold CV, README ## Text).")
+        " the last epoch's weights and 2% of the rows held out for validation (5-fold CV on small_fine_foods' training"
+        " reviews: ROC AUC 0.8695 against 0.8624 before and 0.8652 for TF-IDF + logistic regression; README ## Text).")
     text.add_argument("--text-column", action="append", metavar="COLS", dest="text_columns",
                       help="train these columns as text (comma list or repeated); `--example reviews` sets 'review'")
     text.add_argument("--max-tokens", type=int, metavar="N", help="token ids kept per text, the rest cut (default 1024)")
