@@ -59,6 +59,7 @@ class DataConfig:
     min_freq: int = 2  # a token enters the vocabulary when seen this often in the training split
     max_vocab: int | None = 100_000
     char_ngrams: int = 0  # n > 0: words not in the vocabulary become their known character n-grams
+    tokenizer: str | None = None  # a Hugging Face tokenizers file (tokenizer.json) instead of lower-case + \w+
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -148,3 +148,21 @@ def test_an_unseen_word_becomes_its_known_character_ngrams():
     assert [vocab.itos[i] for i in ids[0].tolist()] == ["~ast", UNK, "tasty", PAD, PAD]
     again = Vocab.from_dict(json.loads(json.dumps(vocab.to_dict())))
     assert again.char_ngrams == 3 and torch.equal(again.encode(pl.Series(["tastey zzzz tasty"]), 5), ids)
+
+
+def test_a_tokenizers_file_splits_the_text_and_travels_in_the_vocabulary_json():
+    tokenizers = pytest.importorskip("tokenizers")
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()  # keeps punctuation as tokens
+    tokenizer.train_from_iterator(["Not good!", "good tea"], tokenizers.trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    vocab = Vocab.build(pl.Series(["Not good!", "good tea", "good!"]), tokenizer=tokenizer.to_str())
+
+    assert vocab.tokens("Not good!") == ["Not", "good", "!"]  # no lower-casing: the tokenizer decides
+    assert "!" in vocab.itos and "[UNK]" not in vocab.itos
+    again = Vocab.from_dict(json.loads(json.dumps(vocab.to_dict())))
+    texts = pl.Series(["good tea!", "Not new"])
+    assert torch.equal(again.encode(texts, 8), vocab.encode(texts, 8))
+
+
+def test_a_vocabulary_without_a_tokenizer_keeps_its_earlier_json():
+    assert "tokenizer" not in Vocab.build(pl.Series(["good tea"])).to_dict()

@@ -81,3 +81,22 @@ def test_a_stopped_text_run_resumes_to_the_same_weights(tmp_path):
     whole, resumed = weights("whole"), weights("stopped")
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_sqrt_pooling_sums_the_token_vectors_over_the_square_root_of_their_count():
+    from torchkeep.models.text import TextEncoder
+
+    encoder = TextEncoder(10, 4, "bag", weighting="sqrt")
+    ids = torch.tensor([[3, 4, 5, 0, 0], [7, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.int32)
+    vectors = encoder.embedding.weight.detach()
+
+    out = encoder(ids)
+
+    torch.testing.assert_close(out[0], vectors[[3, 4, 5]].sum(0) / 3 ** 0.5)
+    torch.testing.assert_close(out[1], vectors[7])
+    assert out[2].abs().sum() == 0  # no words: zeros, not NaN
+    model = build_model("text_table_mlp", {
+        "cardinalities": [], "embedding_dims": [], "n_continuous": 0, "out_features": 1, "hidden_sizes": [4],
+        "vocab_sizes": [10], "text_embedding_dim": 4, "text_weighting": "sqrt"})
+    model.set_token_weights(0, [5.0] * 10)  # IDF is not for sqrt pooling: ignored
+    assert torch.equal(model.text_encoders[0].token_weights, torch.ones(10))

@@ -75,7 +75,9 @@ def add_parser(commands: Any) -> None:
     images.add_argument("--widths", metavar="N,N", help="cnn channels per block, each block halves H and W (default 32,64)")
     text = p.add_argument_group(
         "text columns", "Lower-cased, split into Unicode words, punctuation dropped; a vocabulary fitted on the"
-        " training split. A run with text columns defaults to 10 epochs, batch 64, lr 1e-3, MLP 32.")
+        " training split. A run with text columns defaults to 5 epochs, batch 64, lr 1e-3, MLP 32, sqrt pooling,"
+        " the last epoch's weights and 2% of the rows held out for validation (5-fold CV on small_fine_foods' training"
+        " reviews: ROC AUC 0.8695 against 0.8624 before and 0.8652 for TF-IDF + logistic regression; README ## Text).")
     text.add_argument("--text-column", action="append", metavar="COLS", dest="text_columns",
                       help="train these columns as text (comma list or repeated); `--example reviews` sets 'review'")
     text.add_argument("--max-tokens", type=int, metavar="N", help="token ids kept per text, the rest cut (default 1024)")
@@ -84,10 +86,15 @@ def add_parser(commands: Any) -> None:
     text.add_argument("--min-freq", type=int, metavar="N", help="times a token is seen in training to enter the vocabulary (default 2)")
     text.add_argument("--char-ngrams", type=int, metavar="N",
                       help="words not in the vocabulary become their known character N-grams, fastText style (default 0: off)")
+    text.add_argument("--tokenizer", metavar="FILE",
+                      help="a Hugging Face tokenizers file (tokenizer.json) splits the texts instead; its tokens"
+                      " feed the vocabulary, its JSON is kept in the run (needs torchkeep[text])")
     text.add_argument("--max-vocab", type=int, metavar="N", help="vocabulary size cap, most frequent first (default 100000)")
     text.add_argument("--text-encoder", choices=["bag", "cnn", "gru"],
                       help="bag: mean of token vectors (EmbeddingBag, default, fastest); cnn: 1D convolution; gru")
     text.add_argument("--text-embedding-dim", type=int, metavar="N", help="size of a token vector (default 64)")
+    text.add_argument("--text-weighting", choices=["sqrt", "mean", "idf"],
+                      help="bag encoder: sum of token vectors over sqrt(tokens) (default), their mean, or IDF-weighted")
     text.add_argument("--text-dropout", type=float, metavar="P", help="dropout on the text vectors (default 0)")
     text.add_argument("--embeddings", metavar="FILE", help="pretrained word vectors, word2vec/GloVe text format (default none)")
     text.add_argument("--freeze-embeddings", action="store_true", default=None,
@@ -152,7 +159,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult", "image_dir", "file_column",
              "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
-             "freeze_embeddings", "char_ngrams")
+             "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting")
 
 
 def run(args: argparse.Namespace) -> int:

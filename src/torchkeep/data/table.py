@@ -162,6 +162,7 @@ class TableSchema:
         max_vocab: int | None = None,
         distinct_tokens: bool = False,
         char_ngrams: int = 0,
+        tokenizer: str | None = None,
     ) -> TableSchema:
         if frame.height == 0:
             raise DataError(f"{source}: the training split is empty")
@@ -185,7 +186,7 @@ class TableSchema:
         text_columns = [
             TextColumn(name=name, max_tokens=max_tokens, vocab=Vocab.build(
                 text_values(frame, name, source), ngrams=text_ngrams, min_freq=min_freq, max_size=max_vocab,
-                distinct=distinct_tokens, char_ngrams=char_ngrams))
+                distinct=distinct_tokens, char_ngrams=char_ngrams, tokenizer=tokenizer))
             for name in text
         ]
         for column in text_columns:

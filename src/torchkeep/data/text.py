@@ -20,6 +20,13 @@ pair is dropped (it would only add noise to `<unk>`).
 
 Everything runs as polars column operations (lower-case, extract_all, explode, join): no Python
 loop per row.
+
+With a Hugging Face `tokenizers` file (`Vocab.build(..., tokenizer=JSON text)`, optional extra
+`torchkeep[text]`), that tokenizer's normalizer, pre-tokenizer and model replace the lower-casing and
+`\\w+` above (its post-processor is not used: no [CLS] / [SEP]); its token *strings* then feed the same
+Vocab (min_freq, max_size, word pairs, each token once per text), so the vocabulary is still fitted on
+the training split and the tokenizer's own ids (made for another corpus) are not used. Its JSON is
+kept in the Vocab's JSON, so predict and serve need no copy of the file.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from torchkeep.errors import DataError
+from torchkeep.errors import DataError, MissingExtraError
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_INDEX, UNK_INDEX = 0, 1
@@ -39,24 +46,51 @@ WORD_PATTERN = r"\w+"
 MAX_TEXT_CHARS = 100_000  # per value at predict / serve time: longer texts are refused, not truncated silently
 
 
-def token_lists(values: pl.Series) -> pl.Series:
-    """Each text's words, as a list column (null and empty text -> an empty list)."""
+def token_lists(values: pl.Series, tokenizer: Any = None) -> pl.Series:
+    """Each text's words (or a `tokenizers.Tokenizer`'s tokens), as a list column (null, empty -> [])."""
+    if tokenizer is not None:
+        texts = values.cast(pl.String).fill_null("").to_list()
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=False)  # batched in Rust threads
+        return pl.Series([encoding.tokens for encoding in encodings], dtype=pl.List(pl.String))
     words = values.cast(pl.String).str.to_lowercase().str.extract_all(WORD_PATTERN)
     return words.fill_null([]) if words.null_count() else words
 
 
-def tokenize(text: str | None) -> list[str]:
+def tokenize(text: str | None, tokenizer: Any = None) -> list[str]:
     """The tokenizer on one text: `tokenize("Café naïve, Straße!") == ["café", "naïve", "straße"]`."""
-    return token_lists(pl.Series([text], dtype=pl.String))[0].to_list()
+    return token_lists(pl.Series([text], dtype=pl.String), tokenizer)[0].to_list()
 
 
-def _exploded(values: pl.Series, ngrams: int) -> pl.DataFrame:
+def load_tokenizer(text: str, source: str) -> Any:
+    """A `tokenizers.Tokenizer` from its JSON text (lazy import: the optional extra `torchkeep[text]`)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise MissingExtraError("tokenizers", "text") from None
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as error:  # noqa: BLE001 (tokenizers raises a plain Exception on bad JSON)
+        raise DataError(f"{source}: not a Hugging Face tokenizers file (tokenizer.json): {error}") from None
+
+
+def read_tokenizer(path: str) -> str:
+    """The JSON text of a tokenizer file, checked by loading it once."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read the tokenizer file ({getattr(error, 'strerror', None) or error})") from None
+    load_tokenizer(text, path)
+    return text
+
+
+def _exploded(values: pl.Series, ngrams: int, tokenizer: Any = None) -> pl.DataFrame:
     """One row per token: `row` (input row), `position` (order within the row), `token`, `pair`.
 
     Word pairs are interleaved after their first word (w0, w0 w1, w1, w1 w2, ...), so truncating to
     max_tokens keeps the start of a text together with its pairs."""
     frame = (
-        pl.DataFrame({"token": token_lists(values)})
+        pl.DataFrame({"token": token_lists(values, tokenizer)})
         .with_row_index("row")
         .explode("token")
         .drop_nulls("token")
@@ -98,24 +132,32 @@ class Vocab:
     # Inverse document frequency per index, known only where the vocabulary was just built (it goes
     # into the model's weights, not into this JSON): log((1 + n) / (1 + df)) + 1, as scikit-learn.
     idf: list[float] | None = field(default=None, repr=False)
+    tokenizer: str | None = field(default=None, repr=False)  # a tokenizers JSON; None: lower-case + \w+
+    _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.itos[:2] != [PAD, UNK]:
             raise DataError(f"a vocabulary starts with {PAD!r}, {UNK!r} (got {self.itos[:2]})")
         self.stoi = {token: index for index, token in enumerate(self.itos)}
+        if self.tokenizer is not None:
+            self._tokenizer = load_tokenizer(self.tokenizer, "the vocabulary's tokenizer")
+
+    def tokens(self, text: str | None) -> list[str]:
+        """One text's tokens, as this vocabulary tokenizes them (before word pairs and lookup)."""
+        return tokenize(text, self._tokenizer)
 
     def __len__(self) -> int:
         return len(self.itos)
 
     @classmethod
     def build(cls, values: pl.Series, *, ngrams: int = 1, min_freq: int = 1, max_size: int | None = None,
-              distinct: bool = False, char_ngrams: int = 0) -> Vocab:
+              distinct: bool = False, char_ngrams: int = 0, tokenizer: str | None = None) -> Vocab:
         """Fit on training texts only: tokens seen >= min_freq times, most frequent first, at most max_size."""
         if ngrams not in (1, 2):
             raise DataError(f"text ngrams must be 1 (words) or 2 (words and word pairs) (got {ngrams})")
         if min_freq < 1 or (max_size is not None and max_size < 1):
             raise DataError(f"vocabulary min_freq and max_size must be >= 1 (got {min_freq}, {max_size})")
-        exploded = _exploded(values, ngrams)
+        exploded = _exploded(values, ngrams, load_tokenizer(tokenizer, "tokenizer") if tokenizer else None)
         counts = (
             exploded.group_by("token").agg(pl.len().alias("count"), pl.col("row").n_unique().alias("documents"))
             .filter(pl.col("count") >= min_freq).sort(["count", "token"], descending=[True, False])
@@ -134,7 +176,8 @@ class Vocab:
             counts = counts.head(max_size)
         idf = (np.log((1 + len(values)) / (1 + counts.get_column("documents").to_numpy())) + 1).tolist()
         return cls([PAD, UNK, *counts.get_column("token").to_list()], ngrams=ngrams, min_freq=min_freq,
-                   max_size=max_size, distinct=distinct, char_ngrams=char_ngrams, idf=[0.0, 1.0, *idf])
+                   max_size=max_size, distinct=distinct, char_ngrams=char_ngrams, idf=[0.0, 1.0, *idf],
+                   tokenizer=tokenizer)
 
     def lookup(self, tokens: list[str]) -> list[int]:
         return [self.stoi.get(token, UNK_INDEX) for token in tokens]
@@ -142,7 +185,7 @@ class Vocab:
     def encode(self, values: pl.Series, max_tokens: int) -> torch.Tensor:
         """int32 [N, max_tokens] token ids, padded with 0 and truncated after max_tokens tokens (int32: half
         the memory of int64; embedding layers take either)."""
-        exploded = _exploded(values, self.ngrams)
+        exploded = _exploded(values, self.ngrams, self._tokenizer)
         table = pl.DataFrame({"token": self.itos[2:], "id": np.arange(2, len(self.itos), dtype=np.int64)})
         joined = exploded.join(table, on="token", how="left").with_columns(sub=pl.lit(0, pl.Int64))
         if self.char_ngrams:
@@ -170,14 +213,17 @@ class Vocab:
         return pl.concat([kept, grams.select(kept.columns)])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"itos": self.itos, "ngrams": self.ngrams, "min_freq": self.min_freq, "max_size": self.max_size,
+        data = {"itos": self.itos, "ngrams": self.ngrams, "min_freq": self.min_freq, "max_size": self.max_size,
                 "distinct": self.distinct, "char_ngrams": self.char_ngrams}
+        if self.tokenizer is not None:  # only then: vocabularies without one keep their earlier JSON
+            data["tokenizer"] = self.tokenizer
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Vocab:
         return cls(list(data["itos"]), ngrams=data.get("ngrams", 1), min_freq=data.get("min_freq", 1),
                    max_size=data.get("max_size"), distinct=data.get("distinct", False),
-                   char_ngrams=data.get("char_ngrams", 0))
+                   char_ngrams=data.get("char_ngrams", 0), tokenizer=data.get("tokenizer"))
 
 
 @dataclass

@@ -37,7 +37,9 @@ class TabularModelConfig:
     text_encoder: str = "bag"
     text_embedding_dim: int = 64
     text_dropout: float = 0.0
-    text_weighting: str = "mean"  # bag encoder: "mean" of token vectors, or "idf"-weighted (unit L2 norm)
+    # bag encoder: "mean" of token vectors, "sqrt" (sum / sqrt(tokens); runs with text columns default to
+    # it, text_setup.py) or "idf"-weighted (unit L2 norm)
+    text_weighting: str = "mean"
     embeddings: str | None = None
     freeze_embeddings: bool = False
 
@@ -46,6 +48,8 @@ class TabularModelConfig:
             raise ConfigError(f"model.text_encoder must be bag, cnn or gru (got {self.text_encoder!r})")
         if self.text_embedding_dim < 1:
             raise ConfigError(f"model.text_embedding_dim must be >= 1 (got {self.text_embedding_dim})")
+        if self.text_weighting not in ("mean", "sqrt", "idf"):
+            raise ConfigError(f"model.text_weighting must be mean, sqrt or idf (got {self.text_weighting!r})")
         if not 0 <= self.text_dropout < 1:
             raise ConfigError(f"model.text_dropout must be in [0, 1) (got {self.text_dropout})")
         if self.freeze_embeddings and not self.embeddings:

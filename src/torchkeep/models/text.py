@@ -23,9 +23,12 @@ class TextEncoder(nn.Module):
     def __init__(self, vocab_size: int, dim: int, kind: str, freeze: bool = False, weighting: str = "mean") -> None:
         super().__init__()
         self.kind = kind
-        self.weighted = kind == "bag" and weighting == "idf"
+        self.weighted = kind == "bag" and weighting in ("idf", "sqrt")
+        self.idf = kind == "bag" and weighting == "idf"
         # "idf": each token weighted by its inverse document frequency, weights scaled to unit L2 norm
         # per text (TF-IDF's weighting); the weights are a buffer set from the training split.
+        # "sqrt": every token weighs 1/sqrt(tokens in the text), the sum of the vectors then has the
+        # scale of an L2-normalised count vector (a long review is not shrunk as with the mean).
         self.register_buffer("token_weights", torch.ones(vocab_size) if self.weighted else torch.ones(0))
         if kind == "bag":
             mode = "sum" if self.weighted else "mean"
@@ -51,8 +54,9 @@ class TextEncoder(nn.Module):
             # short reviews no longer pays for max_tokens. Traced exports keep the full width.
             ids = ids[:, : max(1, int((ids != 0).sum(dim=1).max()))]
         if self.weighted:
-            weights = self.token_weights[ids] * (ids != 0)
-            weights = weights / weights.norm(dim=1, keepdim=True).clamp(min=1e-6)
+            weights = self.token_weights[ids] * (ids != 0)  # all ones unless IDF was set
+            # (a square root of sums, not Tensor.norm: TorchScript's norm needs p as an argument)
+            weights = weights / weights.pow(2).sum(dim=1, keepdim=True).sqrt().clamp(min=1e-6)
             return self.embedding(ids, per_sample_weights=weights)
         if self.conv is None and self.gru is None:
             return self.embedding(ids)
@@ -128,7 +132,7 @@ class TextTableMLP(nn.Module):
 
     def set_token_weights(self, column: int, weights: list[float]) -> None:
         encoder = self.text_encoders[column]
-        if encoder.weighted:
+        if encoder.idf:
             encoder.token_weights.copy_(torch.tensor(weights, dtype=encoder.token_weights.dtype))
 
     def load_vectors(self, column: int, vectors: torch.Tensor, found: torch.Tensor) -> None:
