@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +23,17 @@ import polars as pl
 import torch
 
 from torchkeep.data.text import TextColumn, Vocab, text_values
+from torchkeep.data.columns import (
+    CASTS,
+    cast_column,
+    check_finite,
+    check_frame,  # noqa: F401 (re-exported: TableSchema's callers check whole frames with it)
+    kind_of,
+    needs_no_cast,
+    sample,
+    small_codes,
+    small_continuous,
+)
 from torchkeep.errors import DataError
 
 Task = Literal["binary", "multiclass", "regression"]
@@ -66,102 +76,11 @@ class TargetSpec:
         return len(self.labels) if self.task == "multiclass" else 1
 
 
-def _kind(dtype: pl.DataType) -> str | None:
-    if dtype == pl.Boolean:
-        return "boolean"
-    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
-        return "string"
-    if dtype.is_integer():
-        return "integer"
-    if dtype.is_float():
-        return "float"
-    return None
-
-
-_CASTS = {"string": pl.String, "integer": pl.Int64, "boolean": pl.Boolean, "float": pl.Float64}
-
-
-def _sample(values: list[Any], limit: int = 5) -> str:
-    shown = ", ".join(repr(v) for v in values[:limit])
-    return shown + (", ..." if len(values) > limit else "")
-
-
-def _cast(frame: pl.DataFrame, name: str, kind: str, source: str, expected: str) -> pl.Series:
-    try:
-        return frame.get_column(name).cast(_CASTS[kind], strict=True)
-    except (pl.exceptions.PolarsError, TypeError) as error:
-        found = frame.schema[name]
-        raise DataError(
-            f"{source}: column '{name}' has type {found} and values that are not {expected}"
-            f" ({str(error).splitlines()[0][:120]})"
-        ) from None
-
-
-def _check_finite(values: pl.Series, name: str, source: str) -> None:
-    bad = values.is_nan() | values.is_infinite()
-    count = int(bad.sum() or 0)
-    if count:
-        first = int(bad.arg_true()[0])
-        raise DataError(
-            f"{source}: column '{name}' has {count} NaN/inf value(s) (first at row {first});"
-            " expected finite numbers or null"
-        )
-
-
 # Frames of at most this many rows (a served request, a predict call of a few rows) are encoded
 # with a cached dict per column instead of polars expressions: polars costs ~0.1 ms per call
 # whatever the size, which was ~2.7 ms of a one-row transform on flights. The results are the same
 # (tests/data/test_table_small_frames.py compares both paths).
 SMALL_FRAME_ROWS = 64
-
-
-def _already(dtype: pl.DataType, kind: str) -> bool:
-    """Whether a column's values need no cast to be looked up as `kind` levels."""
-    match kind:
-        case "string":
-            return dtype == pl.String
-        case "boolean":
-            return dtype == pl.Boolean
-        case "integer":
-            return dtype.is_integer()
-    return False
-
-
-def _small_codes(series: pl.Series, codes: dict[Any, int]) -> np.ndarray:
-    return np.fromiter((codes.get(value, 0) for value in series.to_list()), np.int64, len(series))
-
-
-def _small_continuous(series: pl.Series, column: ContinuousColumn) -> list[np.ndarray] | None:
-    """The standardized column (and its missing indicator), or None for the polars path: a column
-    that needs a cast, or holds NaN/inf (whose error message that path writes)."""
-    if not (series.dtype.is_float() or series.dtype.is_integer()):
-        return None
-    values = series.to_list()
-    if any(value is not None and not math.isfinite(value) for value in values):
-        return None
-    filled = np.array([column.median if value is None else value for value in values], dtype=np.float64)
-    out = [((filled - column.mean) / column.std).astype(np.float32)]
-    if column.missing_indicator:
-        out.append(np.array([value is None for value in values], dtype=np.float32))
-    return out
-
-
-def check_frame(frame: pl.DataFrame, target: str, source: str) -> None:
-    """Checks on the whole table before it is split, so that row numbers are the file's own."""
-    if frame.height == 0:
-        raise DataError(f"{source}: the table is empty")
-    if target not in frame.columns:
-        raise DataError(f"{source}: target column '{target}' not found; columns are: {', '.join(frame.columns)}")
-    column = frame.get_column(target)
-    if column.null_count():
-        first = int(column.is_null().arg_true()[0])
-        raise DataError(
-            f"{source}: target column '{target}' has {column.null_count()} null value(s) (first at row {first});"
-            " drop those rows or choose another target"
-        )
-    for name, dtype in frame.schema.items():
-        if dtype.is_float():
-            _check_finite(frame.get_column(name), name, source)
 
 
 class TableSchema:
@@ -217,15 +136,15 @@ class TableSchema:
             unknown = [n for n in names if n not in frame.columns]
             if unknown:
                 raise DataError(
-                    f"{source}: {option} names unknown column(s) {_sample(unknown)};"
+                    f"{source}: {option} names unknown column(s) {sample(unknown)};"
                     f" columns are: {', '.join(frame.columns)}"
                 )
         both = set(categorical) & set(continuous)
         if both:
-            raise DataError(f"{source}: column(s) {_sample(sorted(both))} are named both categorical and continuous")
+            raise DataError(f"{source}: column(s) {sample(sorted(both))} are named both categorical and continuous")
         both = set(text) & (set(categorical) | set(continuous) | {target})
         if both:
-            raise DataError(f"{source}: column(s) {_sample(sorted(both))} are named text and also target,"
+            raise DataError(f"{source}: column(s) {sample(sorted(both))} are named text and also target,"
                             " categorical or continuous")
         if max_tokens < 1:
             raise DataError(f"max_tokens must be >= 1 (got {max_tokens})")
@@ -246,7 +165,7 @@ class TableSchema:
             if name == target or name in drop or name in text:
                 continue
             column = frame.get_column(name)
-            kind = _kind(column.dtype)
+            kind = kind_of(column.dtype)
             if column.null_count() == frame.height:
                 raise DataError(f"{source}: column '{name}' is null in every row; drop it with --drop {name}")
             if name in categorical:
@@ -276,7 +195,7 @@ class TableSchema:
     def _fit_categorical(column: pl.Series, kind: str, source: str) -> CategoricalColumn:
         if kind == "float":
             kind = "string"  # a float column named categorical: its exact values are the levels
-        values = column.cast(_CASTS[kind]).drop_nulls().alias("level")
+        values = column.cast(CASTS[kind]).drop_nulls().alias("level")
         counts = values.value_counts(sort=False, name="n").sort(["n", "level"], descending=[True, False])
         levels = counts.get_column("level").to_list()
         if len(levels) == 1 and column.null_count() == 0:
@@ -289,7 +208,7 @@ class TableSchema:
     @staticmethod
     def _fit_continuous(column: pl.Series, source: str) -> ContinuousColumn:
         values = column.cast(pl.Float64)
-        _check_finite(values, column.name, source)
+        check_finite(values, column.name, source)
         present = values.drop_nulls()
         median = float(present.median())
         filled = values.fill_null(median)
@@ -313,11 +232,11 @@ class TableSchema:
                 f"{source}: target column '{name}' has {nulls} null value(s) (first at row {first});"
                 " drop those rows or choose another target"
             )
-        kind = _kind(column.dtype)
+        kind = kind_of(column.dtype)
         if kind is None:
             raise DataError(f"{source}: target column '{name}' has type {column.dtype}; expected labels or numbers")
         if kind == "float":
-            _check_finite(column, name, source)
+            check_finite(column, name, source)
         levels = column.unique().sort().to_list()
         if task is None:
             if len(levels) == 2:
@@ -334,7 +253,7 @@ class TableSchema:
             if task == "binary" and len(levels) != 2:
                 raise DataError(
                     f"{source}: --task binary needs exactly 2 labels in '{name}', found {len(levels)}"
-                    f" ({_sample(levels)}); use --task multiclass"
+                    f" ({sample(levels)}); use --task multiclass"
                 )
             if kind == "float":
                 kind = "string" if not all(float(v).is_integer() for v in levels) else "integer"
@@ -368,8 +287,8 @@ class TableSchema:
         missing = [n for n in self.feature_names if n not in frame.columns]
         if missing:
             raise DataError(
-                f"{source}: missing column(s) {_sample(missing)} that the model was trained on;"
-                f" found: {_sample(frame.columns, 20)}"
+                f"{source}: missing column(s) {sample(missing)} that the model was trained on;"
+                f" found: {sample(frame.columns, 20)}"
             )
         if frame.height == 0:
             raise DataError(f"{source}: the table is empty")
@@ -378,10 +297,10 @@ class TableSchema:
         small = frame.height <= SMALL_FRAME_ROWS
         for column in self.categorical:
             series = frame.get_column(column.name)
-            if small and _already(series.dtype, column.kind):
-                codes.append(_small_codes(series, self._codes(column)))
+            if small and needs_no_cast(series.dtype, column.kind):
+                codes.append(small_codes(series, self._codes(column)))
                 continue
-            values = _cast(frame, column.name, column.kind, source, f"{column.kind} levels")
+            values = cast_column(frame, column.name, column.kind, source, f"{column.kind} levels")
             lookup = values.replace_strict(
                 column.levels, list(range(1, column.cardinality)), default=0, return_dtype=pl.Int64
             )
@@ -391,12 +310,12 @@ class TableSchema:
         )
         inputs = []
         for column in self.continuous:
-            fast = _small_continuous(frame.get_column(column.name), column) if small else None
+            fast = small_continuous(frame.get_column(column.name), column) if small else None
             if fast is not None:
                 inputs.extend(fast)
                 continue
-            values = _cast(frame, column.name, "float", source, "numbers")
-            _check_finite(values, column.name, source)
+            values = cast_column(frame, column.name, "float", source, "numbers")
+            check_finite(values, column.name, source)
             if column.missing_indicator:
                 indicator = values.is_null().cast(pl.Float32).to_numpy()
             standardized = ((values.fill_null(column.median) - column.mean) / column.std).cast(pl.Float32)
@@ -422,17 +341,17 @@ class TableSchema:
         if raw.null_count():
             raise DataError(f"{source}: target column '{spec.name}' has {raw.null_count()} null value(s)")
         if spec.task == "regression":
-            values = _cast(frame, spec.name, "float", source, "numbers")
-            _check_finite(values, spec.name, source)
+            values = cast_column(frame, spec.name, "float", source, "numbers")
+            check_finite(values, spec.name, source)
             return torch.from_numpy(((values - spec.mean) / spec.std).cast(pl.Float32).to_numpy().copy())
-        values = _cast(frame, spec.name, spec.kind, source, f"{spec.kind} labels")
+        values = cast_column(frame, spec.name, spec.kind, source, f"{spec.kind} labels")
         codes = values.replace_strict(spec.labels, list(range(len(spec.labels))), default=-1, return_dtype=pl.Int64)
         unseen = codes == -1
         if unseen.any():
             found = values.filter(unseen).unique().to_list()
             raise DataError(
-                f"{source}: target column '{spec.name}' has label(s) {_sample(found)} not seen in training"
-                f" (known: {_sample(spec.labels, 10)})"
+                f"{source}: target column '{spec.name}' has label(s) {sample(found)} not seen in training"
+                f" (known: {sample(spec.labels, 10)})"
             )
         array = codes.to_numpy()
         if spec.task == "binary":

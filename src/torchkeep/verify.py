@@ -1,0 +1,79 @@
+"""`torchkeep checkpoints RUN --verify-resume`: a self-test of exact resume on a user's own run.
+
+Checkpoint A of a run is restored in a scratch copy, training is replayed up to the next checkpoint
+B, and the replayed model and optimizer tensors are compared with B's bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from torchkeep.api import _read_json, _write_json, train
+from torchkeep.errors import CheckpointError, ConfigError
+from torchkeep.storage import open_storage
+from torchkeep.tensor_predictor import is_own_run
+
+
+def verify_resume(run_dir: str, from_step: int | None = None, scratch: str | None = None) -> dict[str, Any]:
+    """Self-test of exact resume: restore checkpoint A of a run in a scratch copy, replay training to
+    the next checkpoint B, and compare model and optimizer tensors with B's bit for bit."""
+    import tempfile
+
+    from torchkeep.checkpoint import format as checkpoint_format
+
+    storage = open_storage(run_dir)
+    if is_own_run(storage):
+        raise ConfigError(f"{run_dir}: a run of torchkeep.fit; the replay rebuilds only torchkeep train runs (their data"
+                          " is a file), a torchkeep.fit run's data lives in your script")
+    _read_json(storage, "config.json", run_dir)
+    steps = [i.step for i in checkpoint_format.list_checkpoints(storage) if i.status == "complete"]
+    if from_step is None and len(steps) >= 2:
+        from_step = steps[-2]
+    if from_step not in steps or steps.index(from_step) == len(steps) - 1:
+        raise CheckpointError(f"{run_dir}: needs a complete checkpoint and a later one to compare with"
+                              f" (complete: {steps or 'none'}; asked to start from {from_step})")
+    to_step = steps[steps.index(from_step) + 1]
+    own_scratch = scratch is None
+    scratch = scratch or tempfile.mkdtemp(prefix="torchkeep-verify-")
+    try:
+        return _replay_and_compare(storage, run_dir, open_storage(scratch), scratch, from_step, to_step)
+    finally:
+        if own_scratch:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _replay_and_compare(storage: Any, run_dir: str, copy: Any, scratch: str, from_step: int, to_step: int) -> dict[str, Any]:
+    from torchkeep.checkpoint import format as checkpoint_format
+    from torchkeep.checkpoint import tensors as tensor_files
+    from torchkeep.checkpoint.manager import MODEL_FILE, STATE_TENSORS_FILE
+
+    for key in ("config.json", "schema.json", "model.json", "run.json", "transfer.json"):
+        if key != "transfer.json" or storage.exists(key):  # transfer.json: only runs started from other weights
+            copy.write(key, storage.read(key))
+    # The replay is a self-test, not a run: no TensorBoard run or W&B run for it (JSONL only).
+    config = json.loads(storage.read("config.json"))
+    config["track"] = {"trackers": ["jsonl"]}
+    _write_json(copy, "config.json", config)
+    start = f"{checkpoint_format.PREFIX}/{checkpoint_format.checkpoint_name(from_step)}"
+    for key in storage.list(start):
+        copy.write(key, storage.read(key))
+    train(resume=scratch, quiet=True, stop_at_step=to_step)
+    original = checkpoint_format.read_checkpoint(storage, checkpoint_format.checkpoint_name(to_step))[1]
+    replayed = checkpoint_format.read_checkpoint(copy, checkpoint_format.checkpoint_name(to_step))[1]
+    report: dict[str, Any] = {"run": run_dir, "from_step": from_step, "to_step": to_step, "mismatched": []}
+    compared = 0
+    for file_name, keep in ((MODEL_FILE, lambda k: True), (STATE_TENSORS_FILE, lambda k: k.startswith("optimizer"))):
+        a = tensor_files.decode(original[file_name], file_name)
+        b = tensor_files.decode(replayed[file_name], file_name)
+        for key in sorted(k for k in set(a) | set(b) if keep(k)):
+            compared += 1
+            if key not in a or key not in b or a[key].dtype != b[key].dtype or not torch.equal(a[key], b[key]):
+                report["mismatched"].append(f"{file_name}:{key}")
+    report["tensors_compared"] = compared
+    report["identical"] = not report["mismatched"]
+    return report
