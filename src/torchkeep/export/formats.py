@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,19 +96,26 @@ def _require_onnx() -> None:
             raise MissingExtraError(package, "onnx") from None
 
 
-def _onnx_bytes(model: nn.Module, example: Inputs) -> bytes:
+@contextmanager
+def quiet_onnx_export() -> Iterator[None]:
+    """torch.onnx's export chatter ("torchvision is not installed" and the like) is not about the model."""
     _require_onnx()
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and the like: not about this model
+    quiet.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, example, None, input_names=list(input_names(example)),
-                                        output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic_batch(example),
-                                        dynamo=True, verbose=False)
+            yield
     finally:
         quiet.setLevel(level)
+
+
+def _onnx_bytes(model: nn.Module, example: Inputs) -> bytes:
+    with quiet_onnx_export():
+        program = torch.onnx.export(model, example, None, input_names=list(input_names(example)),
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic_batch(example),
+                                    dynamo=True, verbose=False)
     return program.model_proto.SerializeToString()
 
 

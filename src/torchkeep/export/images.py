@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-import warnings
 from typing import Any
 
 import numpy as np
@@ -18,11 +16,11 @@ import torch
 from torch import nn
 
 from torchkeep.data.images import ImageSchema
-from torchkeep.errors import CheckpointError, DataError, StorageError
+from torchkeep.errors import DataError, StorageError
 from torchkeep.export.bundle import read_bundle, versions, write_bundle
 from torchkeep.export.describe import _output
-from torchkeep.export.formats import FORMATS, _require_onnx
-from torchkeep.export.parity import Parity
+from torchkeep.export.formats import FORMATS, quiet_onnx_export
+from torchkeep.export.parity import Parity, compare_outputs
 from torchkeep.models.build import build_model
 from torchkeep.storage import open_storage
 
@@ -85,18 +83,10 @@ def _pt2_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
 
 
 def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
-    _require_onnx()
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example,), None, input_names=["image"], output_names=["output"],
-                                        dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}},
-                                        dynamo=True, verbose=False)
-    finally:
-        quiet.setLevel(level)
+    with quiet_onnx_export():
+        program = torch.onnx.export(model, (example,), None, input_names=["image"], output_names=["output"],
+                                    dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}},
+                                    dynamo=True, verbose=False)
     return program.model_proto.SerializeToString()
 
 
@@ -115,13 +105,8 @@ def _parity(eager: nn.Module, run: Any, images: torch.Tensor, what: str, data: s
     with torch.no_grad():
         expected = eager.eval()(images)
         found = torch.as_tensor(run(images))
-    if found.shape != expected.shape:
-        raise CheckpointError(f"{what}: parity check failed: output shape {tuple(found.shape)}, eager {tuple(expected.shape)}")
-    difference = (found.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
-    if not difference <= IMAGE_TOLERANCE:
-        raise CheckpointError(f"{what}: parity check failed: max abs diff {difference:.3g} vs the eager model on"
-                              f" {len(images)} images (tolerance {IMAGE_TOLERANCE:g})")
-    return Parity(rows=len(images), max_abs_diff=difference, tolerance=IMAGE_TOLERANCE, data=data)
+    return compare_outputs(found, expected, what=what, rows=len(images), data=data, tolerance=IMAGE_TOLERANCE,
+                           unit="images")
 
 
 def export_image_model(source: str, *, model: nn.Module, schema: ImageSchema, architecture: str,

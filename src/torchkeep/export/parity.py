@@ -80,12 +80,17 @@ def check_parity(eager: nn.Module, exported: Callable[..., torch.Tensor],
     with torch.no_grad():
         expected = eager.eval()(*ordered)
         found = torch.as_tensor(exported(*ordered))
-    rows = len(ordered[0])
+    return compare_outputs(found, expected, what=what, rows=len(ordered[0]), data=data)
+
+
+def compare_outputs(found: torch.Tensor, expected: torch.Tensor, *, what: str, rows: int, data: str,
+                    tolerance: float = TOLERANCE, unit: str = "rows") -> Parity:
+    """An export's outputs against the eager model's: same shape, max abs diff within tolerance."""
     if found.shape != expected.shape:
-        raise CheckpointError(f"{what}: parity check failed: output shape {tuple(found.shape)} on {rows} rows,"
+        raise CheckpointError(f"{what}: parity check failed: output shape {tuple(found.shape)} on {rows} {unit},"
                               f" the eager model gives {tuple(expected.shape)}")
     difference = (found.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
-    if not difference <= TOLERANCE:  # also catches NaN
+    if not difference <= tolerance:  # also catches NaN
         raise CheckpointError(f"{what}: parity check failed: max abs diff {difference:.3g} vs the eager model on"
-                              f" {rows} rows (tolerance {TOLERANCE:g})")
-    return Parity(rows=rows, max_abs_diff=difference, tolerance=TOLERANCE, data=data)
+                              f" {rows} {unit} (tolerance {tolerance:g})")
+    return Parity(rows=rows, max_abs_diff=difference, tolerance=tolerance, data=data)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import logging
 import warnings
 from typing import Any
 
@@ -24,8 +23,8 @@ from torch import nn
 from torchkeep.errors import CheckpointError, ConfigError, DataError, TorchkeepError
 from torchkeep.export.bundle import read_bundle, versions, write_bundle
 from torchkeep.export.exporter import FORMAT_NAMES, ExportResult, target_paths
-from torchkeep.export.formats import FORMATS, OUTPUT_NAME, _require_onnx
-from torchkeep.export.parity import TOLERANCE, Parity
+from torchkeep.export.formats import FORMATS, OUTPUT_NAME, quiet_onnx_export
+from torchkeep.export.parity import Parity, compare_outputs
 from torchkeep.models.imported import ARCHITECTURE
 from torchkeep.storage import open_storage
 
@@ -108,18 +107,10 @@ def _pt2(model: nn.Module, example: Call) -> bytes:
 
 
 def _onnx(model: nn.Module, example: Call, names: list[str]) -> bytes:
-    _require_onnx()
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, example[0], None, kwargs=example[1] or None, input_names=names,
-                                        output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic(example), dynamo=True,
-                                        verbose=False)
-    finally:
-        quiet.setLevel(level)
+    with quiet_onnx_export():
+        program = torch.onnx.export(model, example[0], None, kwargs=example[1] or None, input_names=names,
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic(example), dynamo=True,
+                                    verbose=False)
     return program.model_proto.SerializeToString()
 
 
@@ -153,15 +144,7 @@ def _parity(eager: nn.Module, exported: Any, call: Call, *, what: str, data: str
         if not isinstance(expected, torch.Tensor):
             raise ConfigError(f"{what}: the model returns {type(expected).__name__}; exports need one output tensor")
         found = torch.as_tensor(exported(*args, **kwargs))
-    rows = len((args or tuple(kwargs.values()))[0])
-    if found.shape != expected.shape:
-        raise CheckpointError(f"{what}: parity check failed: output shape {tuple(found.shape)} on {rows} rows,"
-                              f" the eager model gives {tuple(expected.shape)}")
-    difference = (found.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
-    if not difference <= TOLERANCE:  # also catches NaN
-        raise CheckpointError(f"{what}: parity check failed: max abs diff {difference:.3g} vs the eager model on"
-                              f" {rows} rows (tolerance {TOLERANCE:g})")
-    return Parity(rows=rows, max_abs_diff=difference, tolerance=TOLERANCE, data=data)
+    return compare_outputs(found, expected, what=what, rows=len((args or tuple(kwargs.values()))[0]), data=data)
 
 
 def _spec(preprocessor: dict[str, Any], model_spec: dict[str, Any], format: str, file_name: str,

@@ -8,9 +8,13 @@ from torch import nn
 
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import ConfigError
-from torchkeep.models.tabular import EntityEmbeddingMLP, TabularModelConfig, default_embedding_dim
-from torchkeep.models.vision import ImageMLP, SmallCNN
+from torchkeep.models.tabular import (
+    EntityEmbeddingMLP,
+    TabularModelConfig,
+    default_embedding_dim,
+)
 from torchkeep.models.text import TextTableMLP
+from torchkeep.models.vision import ImageMLP, SmallCNN
 
 
 def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[str, Any]:

@@ -67,6 +67,16 @@ class TabularModelConfig:
             raise ConfigError("embedding sizes must be >= 1")
 
 
+def entity_embeddings(cardinalities: list[int], embedding_dims: list[int], zero_null: list[bool] | None,
+                      max_norm: float | None) -> nn.ModuleList:
+    """One nn.Embedding per categorical column; index 0 (null / unseen) fixed at zero where zero_null."""
+    zero_null = zero_null or [False] * len(cardinalities)
+    return nn.ModuleList(
+        nn.Embedding(n, d, padding_idx=0 if zero else None, max_norm=max_norm)
+        for n, d, zero in zip(cardinalities, embedding_dims, zero_null, strict=True)
+    )
+
+
 class EntityEmbeddingMLP(nn.Module):
     def __init__(
         self,
@@ -83,11 +93,7 @@ class EntityEmbeddingMLP(nn.Module):
         zero_null: list[bool] | None = None,
     ) -> None:
         super().__init__()
-        zero_null = zero_null or [False] * len(cardinalities)
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(n, d, padding_idx=0 if zero else None, max_norm=max_norm)
-            for n, d, zero in zip(cardinalities, embedding_dims, zero_null, strict=True)
-        )
+        self.embeddings = entity_embeddings(cardinalities, embedding_dims, zero_null, max_norm)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.continuous_norm = (
             nn.BatchNorm1d(n_continuous) if n_continuous and batch_norm != "none" else nn.Identity()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchkeep.models.tabular import entity_embeddings
+
 TEXT_ENCODERS = ("bag", "cnn", "gru")
 
 
@@ -94,11 +96,7 @@ class TextTableMLP(nn.Module):
         zero_null: list[bool] | None = None,
     ) -> None:
         super().__init__()
-        zero_null = zero_null or [False] * len(cardinalities)
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(n, d, padding_idx=0 if zero else None, max_norm=max_norm)
-            for n, d, zero in zip(cardinalities, embedding_dims, zero_null, strict=True)
-        )
+        self.embeddings = entity_embeddings(cardinalities, embedding_dims, zero_null, max_norm)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.text_encoders = nn.ModuleList(
             TextEncoder(n, text_embedding_dim, text_encoder, freeze_embeddings, text_weighting) for n in vocab_sizes
