@@ -77,6 +77,20 @@ def entity_embeddings(cardinalities: list[int], embedding_dims: list[int], zero_
     )
 
 
+def mlp_stack(width: int, hidden_sizes: list[int], batch_norm: str, dropout: float) -> tuple[nn.Sequential, int]:
+    """Linear + ReLU per hidden size (then BatchNorm with batch_norm="all", Dropout when > 0), and its
+    output width."""
+    layers: list[nn.Module] = []
+    for hidden in hidden_sizes:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        if batch_norm == "all":
+            layers.append(nn.BatchNorm1d(hidden))
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = hidden
+    return nn.Sequential(*layers), width
+
+
 class EntityEmbeddingMLP(nn.Module):
     def __init__(
         self,
@@ -98,16 +112,7 @@ class EntityEmbeddingMLP(nn.Module):
         self.continuous_norm = (
             nn.BatchNorm1d(n_continuous) if n_continuous and batch_norm != "none" else nn.Identity()
         )
-        layers: list[nn.Module] = []
-        width = sum(embedding_dims) + n_continuous
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            if batch_norm == "all":
-                layers.append(nn.BatchNorm1d(hidden))
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = hidden
-        self.mlp = nn.Sequential(*layers)
+        self.mlp, width = mlp_stack(sum(embedding_dims) + n_continuous, hidden_sizes, batch_norm, dropout)
         self.head = nn.Linear(width, out_features)
         self.out_features = out_features
 

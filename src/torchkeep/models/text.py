@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from torchkeep.models.tabular import entity_embeddings
+from torchkeep.models.tabular import entity_embeddings, mlp_stack
 
 TEXT_ENCODERS = ("bag", "cnn", "gru")
 
@@ -105,16 +105,8 @@ class TextTableMLP(nn.Module):
         self.continuous_norm = (
             nn.BatchNorm1d(n_continuous) if n_continuous and batch_norm != "none" else nn.Identity()
         )
-        layers: list[nn.Module] = []
         width = sum(embedding_dims) + n_continuous + text_embedding_dim * len(vocab_sizes)
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            if batch_norm == "all":
-                layers.append(nn.BatchNorm1d(hidden))
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = hidden
-        self.mlp = nn.Sequential(*layers)
+        self.mlp, width = mlp_stack(width, hidden_sizes, batch_norm, dropout)
         self.head = nn.Linear(width, out_features)
         self.out_features = out_features
 
