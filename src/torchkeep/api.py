@@ -142,6 +142,15 @@ def _read_json(storage: Any, key: str, run_dir: str) -> Any:
         raise CheckpointError(f"{run_dir}/{key}: unreadable ({error})") from None
 
 
+def finish_run(storage: Any, run_dir: str, status: str, started: float, valid: dict[str, float] | None) -> None:
+    """run.json at the end of a training session: its status, the seconds it added, final metrics."""
+    run = _read_json(storage, "run.json", run_dir)
+    run.update(status=status, updated_at=time.time(), seconds=run.get("seconds", 0) + time.time() - started)
+    if valid is not None:
+        run["valid"] = valid
+    _write_json(storage, "run.json", run)
+
+
 def train(
     data: Any = None,
     *,
@@ -283,11 +292,7 @@ def train(
     finally:
         checkpointer.close()
         close_trackers(trackers)
-        run = _read_json(storage, "run.json", run_dir)
-        run.update(status=status, updated_at=time.time(), seconds=run.get("seconds", 0) + time.time() - started)
-        if status == "complete":
-            run["valid"] = valid
-        _write_json(storage, "run.json", run)
+        finish_run(storage, run_dir, status, started, valid if status == "complete" else None)
     return RunResult(run_dir=run_dir, valid=valid, state=result.state, bundle=f"{run_dir.rstrip('/')}/bundle")
 
 

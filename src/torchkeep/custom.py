@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,13 +22,14 @@ from typing import Any
 
 from torch import nn
 
+from torchkeep.api import _read_json, _write_json, finish_run
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.config import CheckpointConfig
 from torchkeep.data.inputs import Prepared, describe_inputs, prepare, sample_target
-from torchkeep.errors import CheckpointError, ConfigError, DataError
+from torchkeep.errors import ConfigError, DataError
 from torchkeep.export.bundle import write_bundle
 from torchkeep.models.imported import ARCHITECTURE, constructor_args, import_path, import_problem
-from torchkeep.storage import Storage, open_storage
+from torchkeep.storage import open_storage
 from torchkeep.track import TrackConfig, Tracker, build_trackers, close_trackers
 from torchkeep.train import loop
 from torchkeep.train.losses import TASKS, LossFn, infer_loss, named_loss
@@ -83,17 +83,6 @@ def _saved_settings(saved: dict[str, Any], given: dict[str, Any],
             raise ConfigError(f"{run_dir}: {key} was {flat[key]!r} when the run started, now {value!r}; a resumed run"
                               " keeps its settings (start a new run_dir to change them)")
     return train, checkpoint, track
-
-
-def _read_json(storage: Storage, key: str) -> Any:
-    try:
-        return json.loads(storage.read(key))
-    except ValueError as error:
-        raise CheckpointError(f"{storage.uri}/{key}: unreadable ({error})") from None
-
-
-def _write_json(storage: Storage, key: str, value: Any) -> None:
-    storage.write(key, json.dumps(value, indent=1, default=str).encode())
 
 
 def _loss(loss: str | LossFn | None, prepared: Prepared) -> tuple[LossFn, str | None]:
@@ -186,10 +175,10 @@ def fit(
         raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with resume=True or choose"
                           " another run_dir")
     if existing:
-        spec = _read_json(storage, "model.json") if storage.exists("model.json") else {}
+        spec = _read_json(storage, "model.json", run_dir) if storage.exists("model.json") else {}
         if spec.get("architecture") != ARCHITECTURE:
             raise ConfigError(f"{run_dir}: a table run; continue it with torchkeep.train(resume={run_dir!r})")
-        train_config, checkpoint_config, track_config = _saved_settings(_read_json(storage, "config.json"), config, run_dir)
+        train_config, checkpoint_config, track_config = _saved_settings(_read_json(storage, "config.json", run_dir), config, run_dir)
     else:
         if resume:
             progress.message(f"{run_dir}: no run there yet; starting it")
@@ -210,7 +199,7 @@ def fit(
     fingerprint = _fingerprint(train, inputs)
 
     if existing:
-        _check_same_data(_read_json(storage, "run.json")["data"], fingerprint, run_dir)
+        _check_same_data(_read_json(storage, "run.json", run_dir)["data"], fingerprint, run_dir)
         model_spec = spec["args"]
         if model_args is not None and model_args != model_spec["args"]:
             raise ConfigError(f"{run_dir}: model_args were {model_spec['args']} when the run started, now {model_args}")
@@ -243,7 +232,7 @@ def fit(
     status, valid_metrics, bundle = "failed", {}, ""
     started = time.time()
     try:
-        trackers = build_trackers(track_config.trackers, run_dir, _read_json(storage, "config.json"))
+        trackers = build_trackers(track_config.trackers, run_dir, _read_json(storage, "config.json", run_dir))
         result = loop.fit(
             model, loss_fn, train.loader, config=train_config, valid_loader=valid.loader if valid else None,
             metrics_fn=metrics_fn, checkpointer=checkpointer, checkpoint_every_steps=checkpoint_config.every_steps,
@@ -267,11 +256,7 @@ def fit(
     finally:
         checkpointer.close()
         close_trackers(trackers)
-        run = _read_json(storage, "run.json")
-        run.update(status=status, updated_at=time.time(), seconds=run.get("seconds", 0) + time.time() - started)
-        if status == "complete":
-            run["valid"] = valid_metrics
-        _write_json(storage, "run.json", run)
+        finish_run(storage, run_dir, status, started, valid_metrics if status == "complete" else None)
     return ModelRun(run_dir=run_dir, model=model, valid=valid_metrics, history=result.history, state=result.state,
                     bundle=bundle)
 
