@@ -4,6 +4,8 @@
   scratch      torchkeep.train on a small training sample of part B, from random weights
   frozen       the same, --init-from the pretrained run with everything but the head frozen
                (flights: --freeze 'embeddings.*,continuous_norm.*,mlp.*'; digits: --freeze 'features.*')
+  early        the same, --init-from the pretrained run with only the first layers frozen, the rest trains
+               (flights: the embeddings; digits: the CNN's first block, features.0-5)
   lr-mult      the same, --init-from the pretrained run, everything trains, --backbone-lr-mult 0.1
   all          the same, --init-from the pretrained run, everything trains at the full rate
   gradual      gradual unfreezing: "frozen" for epochs 1 to K-1 (only the head trains), then everything
@@ -65,11 +67,12 @@ class Parts:
     finetune: Any  # the small training sample of part B
     valid: Any  # the rest of part B
     backbone: list[str]  # parameter globs frozen in the "frozen" variant
+    early: list[str]  # parameter globs of the first layers, frozen in the "early" variant
     monitor: str  # validation metric compared
     settings: dict[str, object] = field(default_factory=dict)  # passed to every torchkeep.train call
     write: Callable[[Any, Path], str] = write_parquet  # one part to a file or folder named from the stem: its path
     same_labels: bool = True  # part B's labels are ones the pretrained model knows (it can score B as it is)
-    probe: Callable[[Parts, Path], float] | None = None  # what a linear head alone can reach on the frozen backbone
+    probe: Callable[[Parts, Path], dict[str, float]] | None = None  # what a linear head can reach on frozen features
 
 
 def flights_parts(args: argparse.Namespace) -> Parts:
@@ -86,6 +89,7 @@ def flights_parts(args: argparse.Namespace) -> Parts:
         finetune=part_b.head(args.finetune_rows).drop("month"),
         valid=part_b.slice(args.finetune_rows).drop("month"),
         backbone=["embeddings.*", "continuous_norm.*", "mlp.*"],
+        early=["embeddings.*"],
         monitor="roc_auc",
     )
 
@@ -106,20 +110,32 @@ def write_idx_folder(part: Images, stem: Path) -> str:
     return str(stem)
 
 
-def backbone_linear_probe(parts: Parts, run_dir: Path) -> float:
-    """Validation accuracy of scikit-learn's logistic regression (fitted to convergence) on the pretrained
-    CNN's backbone output for part B's training sample: about the best a frozen backbone allows."""
+def backbone_linear_probe(parts: Parts, run_dir: Path) -> dict[str, float]:
+    """Validation accuracy of scikit-learn's logistic regression (fitted to convergence) on part B's training
+    sample, read at several depths of the pretrained CNN: the backbone's output is about the best the
+    frozen variant allows; the raw pixels and the earlier layers show where the transferable part ends."""
     import torch
     from sklearn.linear_model import LogisticRegression
 
     model = torchkeep.load(str(run_dir)).model.eval()
+    layers = list(model.features)
+    pools = [index for index, layer in enumerate(layers) if isinstance(layer, torch.nn.MaxPool2d)]
+    depths = {"raw pixels": 0, "after block 1": pools[0] + 1, "after the last block (before global pooling)":
+              pools[-1] + 1, "backbone output (what the frozen head sees)": len(layers)}
 
-    def features(part: Images) -> np.ndarray:
+    def features(part: Images, depth: int) -> np.ndarray:
         with torch.no_grad():
-            return model.features(model.normalize(torch.from_numpy(part.images[:, None].copy()))).numpy()
+            value = model.normalize(torch.from_numpy(part.images[:, None].copy()))
+            for layer in layers[:depth]:
+                value = layer(value)
+            return value.flatten(1).numpy()
 
-    fitted = LogisticRegression(max_iter=5_000).fit(features(parts.finetune), parts.finetune.labels)
-    return float((fitted.predict(features(parts.valid)) == parts.valid.labels).mean())
+    scores = {}
+    for name, depth in depths.items():
+        fitted = LogisticRegression(max_iter=5_000).fit(features(parts.finetune, depth), parts.finetune.labels)
+        predicted = fitted.predict(features(parts.valid, depth))
+        scores[f"{name}, {features(parts.finetune, depth).shape[1]} values"] = float((predicted == parts.valid.labels).mean())
+    return scores
 
 
 def digits_parts(args: argparse.Namespace) -> Parts:
@@ -141,6 +157,7 @@ def digits_parts(args: argparse.Namespace) -> Parts:
         finetune=Images(images[sample], labels[sample]),
         valid=Images(images[rest], labels[rest]),
         backbone=["features.*"],
+        early=["features.0.*", "features.1.*", "features.3.*", "features.4.*"],  # first conv block (ReLUs have none)
         monitor="accuracy",
         write=write_idx_folder,
         same_labels=False,
@@ -191,6 +208,7 @@ def main() -> None:
     variants = {
         "scratch": {},
         "frozen": {"init_from": "PRETRAINED", "freeze": parts.backbone},
+        "early": {"init_from": "PRETRAINED", "freeze": parts.early},
         "lr-mult": {"init_from": "PRETRAINED", "backbone_lr_mult": 0.1},
         "all": {"init_from": "PRETRAINED"},
         "gradual": {"init_from": "PRETRAINED", "freeze": parts.backbone, "unfreeze_at": args.unfreeze_at},
@@ -213,8 +231,10 @@ def main() -> None:
             as_is = torchkeep.load(str(base / "pretrained")).evaluate(paths["valid"])[parts.monitor]
             print(f"the pretrained model as it is, no fine-tuning, on part B's validation rows: {parts.monitor} {as_is:.4f}")
         if parts.probe is not None:
-            print(f"logistic regression on the pretrained backbone's features (part B's training sample -> its"
-                  f" validation rows), the frozen variant's ceiling: {parts.monitor} {parts.probe(parts, base / 'pretrained'):.4f}")
+            print("logistic regression fitted to convergence on part B's training sample, scored on its validation"
+                  " rows, reading the pretrained model at several depths (the last line is the frozen variant's ceiling):")
+            for name, score in parts.probe(parts, base / "pretrained").items():
+                print(f"  {name}: {parts.monitor} {score:.4f}")
         for seed in range(args.seeds):
             for name, extra in variants.items():
                 extra = {k: (str(base / "pretrained") if v == "PRETRAINED" else v) for k, v in extra.items()}
