@@ -16,7 +16,7 @@ torchkeep (TableSchema.transform once: tokenize + ids for the whole column, then
 whole batches) against a seed-style per-row Dataset that tokenizes and looks up words in
 `__getitem__` (DataLoader, num_workers=0, default collate).
 
-Run: .venv/bin/python bench/text.py [--epochs-batching 3] [--threads N]
+Run: .venv/bin/python bench/text.py [--epochs-batching 3] [--threads N] [--batching-only]
 """
 
 from __future__ import annotations
@@ -97,17 +97,28 @@ def batching(train: pl.DataFrame, epochs: int, batch_size: int = 64) -> list[lis
     """Words only (no word pairs), the same max_tokens for both, so both hand out the same ids."""
     schema = TableSchema.fit(train, target="score", text=["review"], text_ngrams=1, min_freq=2)
     column = schema.text[0]
-    tokens = int((schema.transform(train)["text"] != 0).sum())  # real (non-padding) tokens per epoch
+    dense_text = schema.transform(train)["text"]
+    tokens = int((dense_text != 0).sum())  # real (non-padding) tokens per epoch
 
-    started = time.perf_counter()
-    tensors = schema.transform(train)
-    transform_s = time.perf_counter() - started
-    loader = BatchLoader(tensors, batch_size, shuffle=True, seed=0)
-    started = time.perf_counter()
-    for _ in range(epochs):
-        for batch in loader:
-            batch["text"].sum()  # touch the batch
-    ours_epoch_s = (time.perf_counter() - started) / epochs
+    def timed(packed: bool) -> tuple[float, float, int]:
+        """(transform seconds, seconds per later epoch, bytes of token ids in memory)."""
+        started = time.perf_counter()
+        tensors = schema.transform(train, packed_text=packed)
+        transform_s = time.perf_counter() - started
+        text = tensors["text"]
+        held = sum(ids.nbytes + offsets.nbytes for ids, offsets in text.columns) if packed else text.nbytes
+        loader = BatchLoader(tensors, batch_size, shuffle=True, seed=0)
+        started = time.perf_counter()
+        for _ in range(epochs):
+            for batch in loader:
+                ids = batch["text"]
+                if not packed:  # what the model does first with a dense batch: cut after its longest text
+                    ids = ids[:, :, : max(1, int((ids != 0).sum(dim=2).max()))]
+                ids.sum()  # touch the batch
+        return transform_s, (time.perf_counter() - started) / epochs, held
+
+    dense_transform_s, dense_epoch_s, dense_bytes = timed(packed=False)
+    transform_s, ours_epoch_s, packed_bytes = timed(packed=True)
 
     dataset = SeedStyleDataset(train["review"].to_list(), (train["score"] == POSITIVE).cast(pl.Float32).to_list(),
                                column.vocab.stoi, column.max_tokens)
@@ -123,7 +134,9 @@ def batching(train: pl.DataFrame, epochs: int, batch_size: int = 64) -> list[lis
         ["torchkeep: transform + BatchLoader, first epoch", f"{tokens / first:,.0f}",
          f"{seed_epoch_s / first:.1f}x", f"transform {transform_s:.2f} s once"],
         ["torchkeep: BatchLoader, each later epoch", f"{tokens / ours_epoch_s:,.0f}",
-         f"{seed_epoch_s / ours_epoch_s:.0f}x", ""],
+         f"{seed_epoch_s / ours_epoch_s:.0f}x", f"ids packed: {packed_bytes / 2**20:.1f} MiB in memory"],
+        ["  the same, ids padded to max_tokens in memory (before packing)", f"{tokens / dense_epoch_s:,.0f}",
+         f"{seed_epoch_s / dense_epoch_s:.0f}x", f"{dense_bytes / 2**20:.1f} MiB; transform {dense_transform_s:.2f} s"],
     ]
 
 
@@ -131,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs-batching", type=int, default=3, help="epochs timed per loader (default 3)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--batching-only", action="store_true",
+                        help="time the text batching only (reads training_data, never the test split)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,6 +153,10 @@ def main() -> None:
     train, test = load()
     print(f"data: modeldata small_fine_foods, training_data {train.height:,} / testing_data {test.height:,} reviews,"
           f" {float((train['score'] == POSITIVE).mean()):.0%} '{POSITIVE}' in training")
+    if args.batching_only:
+        print(table(["text batching, batch 64, shuffled", "tokens/s", "vs seed", "note"],
+                    batching(train, args.epochs_batching)))
+        return
     baseline = run_baseline(train, test)
     ours = run_torchkeep(train, test)
     rows = [

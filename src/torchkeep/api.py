@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,8 @@ from torchkeep.data.text import check_texts
 from torchkeep.errors import CheckpointError, ConfigError, DataError
 from torchkeep.export.bundle import read_bundle, schema_from_dict, write_bundle
 from torchkeep.models.build import build_model, loss_for_task, tabular_model_args
+from torchkeep.models.tabular_transfer import level_aligner, read_init_from
+from torchkeep.models.vision_transfer import transfer_adapter
 from torchkeep.storage import open_storage
 from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model
 from torchkeep.track import Tracker, build_trackers, close_trackers
@@ -44,8 +46,6 @@ from torchkeep.train.loop import fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.train.progress import Progress
 from torchkeep.train.state import TrainState, seed_everything
-from torchkeep.models.tabular_transfer import level_aligner, read_init_from
-from torchkeep.models.vision_transfer import transfer_adapter
 from torchkeep.train.transfer import Pretrained, check_transfer, load_pretrained
 
 log = logging.getLogger("torchkeep")
@@ -118,10 +118,11 @@ def _split(frame: pl.DataFrame, config: RunConfig) -> tuple[pl.DataFrame, pl.Dat
 
 
 def _transform_splits(schema: TableSchema, train_frame: pl.DataFrame, valid_frame: pl.DataFrame,
-                      config: RunConfig, source: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                      config: RunConfig, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both splits as tensors for BatchLoader (text columns packed: batches padded to their own longest text)."""
     return (
-        schema.transform(train_frame, source=f"{source} (training split)"),
-        schema.transform(valid_frame, source=config.data.valid_path or f"{source} (validation split)"),
+        schema.transform(train_frame, source=f"{source} (training split)", packed_text=True),
+        schema.transform(valid_frame, source=config.data.valid_path or f"{source} (validation split)", packed_text=True),
     )
 
 
@@ -352,7 +353,7 @@ class Predictor:
         else:
             if self.schema.text:
                 check_texts(frame, [c.name for c in self.schema.text], source)
-            tensors = self.schema.transform(frame, with_target=False, source=source)
+            tensors = self.schema.transform(frame, with_target=False, source=source, packed_text=True)
             rows, batch_rows = frame.height, EVAL_BATCH_ROWS
         outputs = []
         with torch.no_grad():
@@ -365,7 +366,7 @@ class Predictor:
             raw = image_api.read_for_predict(self.schema, data, with_labels=True, image_dir=image_dir)
             return evaluate_tensors(self.model, self.schema, self.schema.transform(raw, source=str(data)))
         frame = read_table(data) if isinstance(data, str) else as_frame(data)
-        tensors = self.schema.transform(frame, source=source if not isinstance(data, str) else data)
+        tensors = self.schema.transform(frame, source=source if not isinstance(data, str) else data, packed_text=True)
         return evaluate_tensors(self.model, self.schema, tensors)
 
 

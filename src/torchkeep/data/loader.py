@@ -31,6 +31,9 @@ class BatchLoader:
 
     Per epoch, rows are shuffled with a generator seeded by (seed, epoch), gathered with one
     `index_select` per chunk of rows and handed out as slices: no per-row Python anywhere.
+    A value may also be ragged rows that gather themselves (`len`, `row_bytes`, `take(rows)`, and
+    slicing; data/text.py's PackedText): it is gathered once per batch, so each batch is padded
+    only to its own longest row.
     """
 
     def __init__(
@@ -48,12 +51,12 @@ class BatchLoader:
             raise ConfigError(f"batch_size must be > 0 (got {batch_size})")
         if not tensors:
             raise DataError("BatchLoader needs at least one tensor")
-        sizes = {name: t.shape[0] for name, t in tensors.items()}
+        sizes = {name: len(t) for name, t in tensors.items()}
         if len(set(sizes.values())) != 1:
             raise DataError(f"BatchLoader tensors differ in their number of rows: {sizes}")
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in [0, world_size) (got rank {rank}, world_size {world_size})")
-        self.tensors = {name: t.contiguous() for name, t in tensors.items()}
+        self.tensors = {name: t.contiguous() if isinstance(t, torch.Tensor) else t for name, t in tensors.items()}
         self.num_rows = next(iter(sizes.values()))
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -88,19 +91,26 @@ class BatchLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self._order()
         count, size, rows = len(self), self.batch_size, self.rows_per_epoch
-        row_bytes = sum(t[:1].nbytes for t in self.tensors.values()) or 1
+        dense = {name: t for name, t in self.tensors.items() if isinstance(t, torch.Tensor)}
+        ragged = {name: t for name, t in self.tensors.items() if not isinstance(t, torch.Tensor)}
+        row_bytes = sum(t[:1].nbytes for t in dense.values()) + sum(t.row_bytes for t in ragged.values()) or 1
         chunk_batches = max(1, CHUNK_BYTES // row_bytes // size)
         while self.position < count:
             first = self.position * size
             last = min(rows, (self.position + chunk_batches) * size)
             if order is None:
-                chunk = {name: t[first:last] for name, t in self.tensors.items()}
+                index = None
+                chunk = {name: t[first:last] for name, t in dense.items()}
             else:
                 index = order[first:last]
-                chunk = {name: torch.index_select(t, 0, index) for name, t in self.tensors.items()}
+                chunk = {name: torch.index_select(t, 0, index) for name, t in dense.items()}
             for start in range(0, last - first, size):
                 self.position += 1
-                yield {name: t[start : start + size] for name, t in chunk.items()}
+                batch = {name: t[start : start + size] for name, t in chunk.items()}
+                for name, t in ragged.items():
+                    batch[name] = (t[first + start : min(last, first + start + size)] if index is None
+                                   else t.take(index[start : start + size]))
+                yield {name: batch[name] for name in self.tensors}
         self.epoch += 1
         self.position = 0
 

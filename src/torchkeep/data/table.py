@@ -22,7 +22,6 @@ import numpy as np
 import polars as pl
 import torch
 
-from torchkeep.data.text import TextColumn, Vocab, text_values
 from torchkeep.data.columns import (
     CASTS,
     cast_column,
@@ -34,6 +33,7 @@ from torchkeep.data.columns import (
     small_codes,
     small_continuous,
 )
+from torchkeep.data.text import PackedText, TextColumn, Vocab, text_values
 from torchkeep.errors import DataError
 
 Task = Literal["binary", "multiclass", "regression"]
@@ -281,9 +281,11 @@ class TableSchema:
     def n_continuous_inputs(self) -> int:
         return len(self.continuous) + sum(c.missing_indicator for c in self.continuous)
 
-    def transform(self, frame: pl.DataFrame, *, with_target: bool = True, source: str = "data") -> dict[str, torch.Tensor]:
+    def transform(self, frame: pl.DataFrame, *, with_target: bool = True, source: str = "data",
+                  packed_text: bool = False) -> dict[str, Any]:
         """`categorical` int64 [N, C], `continuous` float32 [N, K], with text columns `text` int32
-        [N, T, max_tokens] (token ids, 0-padded), and (with_target) `target`."""
+        [N, T, max_tokens] (token ids, 0-padded; with `packed_text` a PackedText that gives such batches
+        padded only to their longest text), and (with_target) `target`."""
         missing = [n for n in self.feature_names if n not in frame.columns]
         if missing:
             raise DataError(
@@ -292,7 +294,7 @@ class TableSchema:
             )
         if frame.height == 0:
             raise DataError(f"{source}: the table is empty")
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, Any] = {}
         codes = []
         small = frame.height <= SMALL_FRAME_ROWS
         for column in self.categorical:
@@ -325,7 +327,10 @@ class TableSchema:
         out["continuous"] = torch.from_numpy(
             np.ascontiguousarray(np.stack(inputs, axis=1)) if inputs else np.zeros((frame.height, 0), np.float32)
         )
-        if self.text:
+        if self.text and packed_text:
+            out["text"] = PackedText(
+                [c.vocab.encode_packed(text_values(frame, c.name, source), c.max_tokens) for c in self.text])
+        elif self.text:
             out["text"] = torch.stack(
                 [c.vocab.encode(text_values(frame, c.name, source), c.max_tokens) for c in self.text], dim=1)
         if with_target:

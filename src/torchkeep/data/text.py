@@ -182,24 +182,38 @@ class Vocab:
     def lookup(self, tokens: list[str]) -> list[int]:
         return [self.stoi.get(token, UNK_INDEX) for token in tokens]
 
-    def encode(self, values: pl.Series, max_tokens: int) -> torch.Tensor:
-        """int32 [N, max_tokens] token ids, padded with 0 and truncated after max_tokens tokens (int32: half
-        the memory of int64; embedding layers take either)."""
+    def _ids(self, values: pl.Series, max_tokens: int) -> pl.DataFrame:
+        """`row`, `position`, `id` of each kept token, sorted by row then position."""
         exploded = _exploded(values, self.ngrams, self._tokenizer)
         table = pl.DataFrame({"token": self.itos[2:], "id": np.arange(2, len(self.itos), dtype=np.int64)})
         joined = exploded.join(table, on="token", how="left").with_columns(sub=pl.lit(0, pl.Int64))
         if self.char_ngrams:
             joined = self._with_char_grams(joined, table)
-        ids = (
+        return (
             joined.sort("row", "position", "sub")
             .filter(pl.col("id").is_not_null() | ~pl.col("pair"))  # unseen words -> <unk>, unseen pairs dropped
             .filter(pl.lit(not self.distinct) | pl.struct("row", "id").is_first_distinct())
             .with_columns(pl.col("id").fill_null(UNK_INDEX), position=pl.int_range(pl.len()).over("row"))
             .filter(pl.col("position") < max_tokens)
+            .select("row", "position", "id")
         )
+
+    def encode(self, values: pl.Series, max_tokens: int) -> torch.Tensor:
+        """int32 [N, max_tokens] token ids, padded with 0 and truncated after max_tokens tokens (int32: half
+        the memory of int64; embedding layers take either)."""
+        ids = self._ids(values, max_tokens)
         out = np.zeros((len(values), max_tokens), dtype=np.int32)
         out[ids.get_column("row").to_numpy(), ids.get_column("position").to_numpy()] = ids.get_column("id").to_numpy()
         return torch.from_numpy(out)
+
+    def encode_packed(self, values: pl.Series, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same ids without padding: (int32 ids of every text one after another, int64 offsets [N + 1];
+        text i is ids[offsets[i]:offsets[i + 1]])."""
+        ids = self._ids(values, max_tokens)
+        lengths = np.bincount(ids.get_column("row").to_numpy(), minlength=len(values))
+        offsets = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return torch.from_numpy(ids.get_column("id").to_numpy().astype(np.int32)), torch.from_numpy(offsets)
 
     def _with_char_grams(self, joined: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
         """Unseen words replaced, in place, by their character n-grams that are in the vocabulary."""
@@ -240,6 +254,42 @@ class TextColumn:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextColumn:
         return cls(name=data["name"], max_tokens=data["max_tokens"], vocab=Vocab.from_dict(data["vocab"]))
+
+
+class PackedText:
+    """Token ids of a table's text columns in memory without padding: per column, every row's ids one
+    after another (int32) and where each row starts (int64 offsets). A review of 80 tokens costs 80 ids,
+    not max_tokens. Batches come out dense, int32 [B, T, L] 0-padded, where L is the longest text of
+    that batch (at least 1): `take(rows)` for a tensor of row indices, `packed[a:b]` for a range.
+    The data loaders (BatchLoader) gather these whole batches like any other tensor."""
+
+    def __init__(self, columns: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if not columns or len({len(offsets) for _, offsets in columns}) != 1:
+            raise DataError("packed text needs one or more columns with the same number of rows")
+        self.columns = columns
+        self.rows = len(columns[0][1]) - 1
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def row_bytes(self) -> int:
+        """Mean bytes per row (ids and offsets), for sizing gathers."""
+        return max(1, sum(ids.nbytes + offsets.nbytes for ids, offsets in self.columns) // max(1, self.rows))
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        starts = [offsets[rows] for _, offsets in self.columns]
+        lengths = [offsets[rows + 1] - start for (_, offsets), start in zip(self.columns, starts, strict=True)]
+        width = max(1, max(int(length.max()) if len(length) else 0 for length in lengths))
+        positions = torch.arange(width)
+        out = torch.zeros(len(rows), len(self.columns), width, dtype=torch.int32)
+        for column, ((ids, _), start, length) in enumerate(zip(self.columns, starts, lengths, strict=True)):
+            real = positions < length.unsqueeze(1)  # [B, width]: where this column's rows have tokens
+            out[:, column][real] = ids[(start.unsqueeze(1) + positions)[real]]
+        return out
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return self.take(torch.arange(self.rows)[rows])
 
 
 def text_values(frame: pl.DataFrame, name: str, source: str) -> pl.Series:

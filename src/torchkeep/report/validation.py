@@ -54,7 +54,7 @@ def validation_outputs(run_dir: str, data: Any = None) -> ValidationOutputs:
     schema = predictor.schema
     assert schema.target is not None
     source = config.data.valid_path or f"{config.data.path or config.data.example} (validation split)"
-    tensors = schema.transform(valid_frame, source=source)
+    tensors = schema.transform(valid_frame, source=source, packed_text=True)
     outputs, targets = predict_outputs(predictor.model, BatchLoader(tensors, EVAL_BATCH_ROWS, shuffle=False),
                                        torch.device("cpu"))
     task = schema.target.task
