@@ -166,6 +166,8 @@ def _streamed(config: RunConfig, plan: tuple[str, list[str], list[Any]], schema:
     if config.data.valid_path:
         raise ConfigError("a validation set (--valid) with images over the memory budget is not supported;"
                           " use --valid-fraction, or raise --image-memory-gib")
+    if config.data.skip_bad_images:
+        files, labels = _readable(config, root, files, labels, progress)
     order = np.random.default_rng(config.train.seed).permutation(len(files))
     n_valid = max(1, round(len(files) * config.data.valid_fraction))
     train_index, valid_index = order[n_valid:], order[:n_valid]
@@ -189,6 +191,33 @@ def _streamed(config: RunConfig, plan: tuple[str, list[str], list[Any]], schema:
     digest = hashlib.sha256("\n".join(f"{f}\t{v}" for f, v in zip(files, labels)).encode()).hexdigest()[:16]
     found = {"rows": len(files), "columns": ["image", "label"], "hash": int(digest, 16), "streaming": True}
     return schema, (dataset(train_index), dataset(valid_index)), found
+
+
+def _readable(config: RunConfig, root: str, files: list[str], labels: list[Any],
+              progress: Progress) -> tuple[list[str], list[Any]]:
+    """--skip-bad-images with streaming: every file decoded once up front (in chunks, pixels dropped), so
+    unreadable ones are left out and counted before the split, as in memory, and never fail a run mid-way.
+    Costs one decode pass over the data; without --skip-bad-images a bad file stops the run naming it."""
+    from torchkeep.data.image_io import decode_all
+
+    settings = config.data
+    size = (settings.image_size[0], settings.image_size[-1]) if settings.image_size else None
+    storage = open_storage(root)
+    skipped: set[str] = set()
+    chunk = 4096  # decoded pixels of one chunk at a time, not the whole data set
+    progress.message(f"checking {len(files):,} images for --skip-bad-images (one decode pass)")
+    for start in range(0, len(files), chunk):
+        _, _, bad = decode_all(lambda key: storage.read(key), files[start : start + chunk], size=size,
+                               channels=settings.channels, skip_bad=True, where=lambda key: key)
+        skipped.update(bad)
+    if not skipped:
+        return files, labels
+    kept = [i for i, name in enumerate(files) if name not in skipped]
+    if not kept:
+        raise DataError(f"{config.data.path}: none of the {len(files):,} images could be read")
+    first = next(name for name in files if name in skipped)
+    progress.message(f"skipped {len(skipped):,} unreadable image(s) (--skip-bad-images), first: {root.rstrip('/')}/{first}")
+    return [files[i] for i in kept], [labels[i] for i in kept]
 
 
 def _split(raw: RawImages, config: RunConfig, progress: Progress, schema: ImageSchema | None) -> tuple[RawImages, RawImages]:

@@ -126,6 +126,17 @@ class BatchLoader:
         self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
 
 
+def _unwrapped(error: DataError) -> DataError:
+    """A DataError raised in a worker process comes back with the worker's traceback in its message
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): the user's one line
+    (which file, what was expected) is what follows the error's name on the last entry."""
+    text = str(error)
+    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
+    if "DataLoader worker process" not in text or marker not in text:
+        return error
+    return type(error)(text[text.rindex(marker) + len(marker) :].strip())
+
+
 def default_num_workers() -> int:
     # Workers compete with the training threads for cores; on 2 cores they made epochs slower.
     cores = os.cpu_count() or 1
@@ -184,7 +195,14 @@ class DatasetLoader:
             # Each epoch's order from (seed, epoch) alone, as in BatchLoader: a run resumed at an
             # epoch boundary then sees the same later epochs as an uninterrupted one.
             self._loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))
-        for batch in self._loader:
+        batches = iter(self._loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except DataError as error:
+                raise _unwrapped(error) from None
             self.position += 1
             yield batch
         self.epoch += 1
