@@ -63,6 +63,16 @@ def test_the_cli_refuses_a_bad_ema_decay_in_one_line(torchkeep, tmp_path: Path) 
     assert not (tmp_path / "run").exists()
 
 
+def test_the_cli_trains_with_an_ema_and_saves_the_setting(torchkeep, tmp_path: Path) -> None:
+    delays_table().write_csv(tmp_path / "delays.csv")
+    result = torchkeep("train", "--data", "delays.csv", "--target", "late", "--epochs", 1, "--ema-decay", "0.9",
+                       "--run-dir", "run", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["ema_decay"] == 0.9
+    last = Checkpointer(str(tmp_path / "run")).restore(restore_rng=False)
+    assert last.extra["ema"]["steps"] == last.step
+
+
 # -- the average itself --------------------------------------------------------------------------
 
 
