@@ -27,6 +27,7 @@ from torchkeep.data.table import TableSchema
 from torchkeep.errors import CheckpointError, ConfigError
 from torchkeep.models.build import build_model
 from torchkeep.train.loop import fit
+from torchkeep.train.transfer import read_pretrained
 from torchkeep.verify import verify_resume
 
 
@@ -277,6 +278,11 @@ def test_the_bundle_and_a_checkpoint_only_run_predict_with_the_average(uninterru
     # A run that stopped before its bundle: the newest checkpoint's average.
     without_bundle = crashed_copy(run_dir, STEPS, tmp_path / "no-bundle")
     assert torchkeep.load(str(without_bundle)).predict(rows).equals(predicted_by_hand(STEPS))
+    # --init-from such a run starts from that average too
+    pretrained = read_pretrained(str(without_bundle))
+    average = Checkpointer(str(run_dir)).restore(step=STEPS, restore_rng=False).extra["ema"]["weights"]
+    assert pretrained.kind == f"checkpoint step-{STEPS:09d}"
+    assert all(torch.equal(pretrained.weights[name], average[name]) for name in average)
 
 
 def fit_with_early_best(run_dir: Path, *, resume: bool = False) -> tuple[nn.Module, int]:

@@ -15,6 +15,7 @@ weights that the optimizer state belongs to, so a resume continues both exactly.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -22,6 +23,9 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from torchkeep.checkpoint import codec
+from torchkeep.checkpoint import tensors as tensor_files
+from torchkeep.checkpoint.manager import STATE_FILE, STATE_TENSORS_FILE
 from torchkeep.errors import CheckpointError
 
 log = logging.getLogger("torchkeep")
@@ -68,3 +72,14 @@ def ema_weights(extra: dict[str, Any] | None) -> dict[str, torch.Tensor] | None:
     """The EMA weights a checkpoint holds (its `Restored.extra`), or None when it was saved without one."""
     state = (extra or {}).get("ema")
     return None if state is None else state["weights"]
+
+
+def ema_weights_in_files(files: dict[str, bytes], where: str) -> dict[str, torch.Tensor] | None:
+    """`ema_weights` from a checkpoint's files as `checkpoint.format.read_checkpoint` returns them."""
+    if STATE_FILE not in files or STATE_TENSORS_FILE not in files:
+        return None
+    extra = json.loads(files[STATE_FILE]).get("extra") or {}
+    if "ema" not in extra:
+        return None
+    tensors = tensor_files.decode(files[STATE_TENSORS_FILE], f"{where}/{STATE_TENSORS_FILE}")
+    return ema_weights({"ema": codec.decode(extra["ema"], tensors)})
