@@ -42,6 +42,7 @@ from torchkeep.models.vision_transfer import transfer_adapter
 from torchkeep.storage import open_storage
 from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model
 from torchkeep.track import Tracker, build_trackers, close_trackers
+from torchkeep.train.ema import ema_weights
 from torchkeep.train.loop import fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.train.progress import Progress
@@ -388,6 +389,8 @@ def load(path: str) -> Predictor | TensorPredictor:
         restored = Checkpointer(storage).restore(model=model, restore_rng=False)
         if restored is None:
             raise CheckpointError(f"{path}: the run has no bundle and no valid checkpoint to load")
+        if (averaged := ema_weights(restored.extra)) is not None:  # trained with ema_decay: what it validated
+            model.load_state_dict(averaged)
         log.warning("%s has no bundle (training did not finish); using checkpoint %s", path, restored.name)
         meta = {"architecture": spec["architecture"], "checkpoint": restored.name}
     else:

@@ -21,6 +21,7 @@ from torchkeep.export.bundle import read_bundle
 from torchkeep.models.build import build_model
 from torchkeep.models.imported import ARCHITECTURE
 from torchkeep.storage import Storage
+from torchkeep.train.ema import ema_weights
 
 log = logging.getLogger("torchkeep")
 
@@ -115,6 +116,8 @@ def load_own_model(storage: Storage, path: str) -> TensorPredictor | None:
     restored = Checkpointer(storage).restore(model=model, restore_rng=False)
     if restored is None:
         raise CheckpointError(f"{path}: the run has no bundle and no valid checkpoint to load")
+    if (averaged := ema_weights(restored.extra)) is not None:  # trained with ema_decay: what it validated
+        model.load_state_dict(averaged)
     log.warning("%s has no bundle (training did not finish); using checkpoint %s", path, restored.name)
     meta = {"architecture": ARCHITECTURE, "model_args": spec["args"], "preprocessor": spec["inputs"],
             "task": spec.get("task"), "checkpoint": restored.name}

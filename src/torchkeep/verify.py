@@ -67,7 +67,7 @@ def _replay_and_compare(storage: Any, run_dir: str, copy: Any, scratch: str, fro
     replayed = checkpoint_format.read_checkpoint(copy, checkpoint_format.checkpoint_name(to_step))[1]
     report: dict[str, Any] = {"run": run_dir, "from_step": from_step, "to_step": to_step, "mismatched": []}
     compared = 0
-    for file_name, keep in ((MODEL_FILE, lambda k: True), (STATE_TENSORS_FILE, lambda k: k.startswith("optimizer"))):
+    for file_name, keep in ((MODEL_FILE, lambda k: True), (STATE_TENSORS_FILE, lambda k: k.startswith(("optimizer", "extra.ema.")))):
         a = tensor_files.decode(original[file_name], file_name)
         b = tensor_files.decode(replayed[file_name], file_name)
         for key in sorted(k for k in set(a) | set(b) if keep(k)):

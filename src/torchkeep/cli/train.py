@@ -118,6 +118,13 @@ def add_parser(commands: Any) -> None:
     training.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms only")
     training.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:1, mps")
     training.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: one per core)")
+    training.add_argument("--ema-decay", type=float, metavar="D",
+                          help="also keep an exponential moving average of the weights, updated after every optimizer"
+                          " step (average = D x average + (1 - D) x weights): about the last 1/(1-D) steps are"
+                          " averaged, which smooths the noise of the final steps. Validation, the best-epoch pick,"
+                          " the bundle and exports use the average; the training loss is the raw model's. Typical"
+                          " 0.99-0.9999: choose D so that 1/(1-D) is well below the run's optimizer steps"
+                          " (default: off)")
     transfer = p.add_argument_group(
         "transfer learning", "start from another model's weights; only when a run starts (--resume keeps its checkpoint)")
     transfer.add_argument("--init-from", metavar="SOURCE",
@@ -159,7 +166,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult", "image_dir", "file_column",
              "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
-             "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting")
+             "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay")
 
 
 def run(args: argparse.Namespace) -> int:

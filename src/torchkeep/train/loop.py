@@ -20,6 +20,7 @@ from torch import nn
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.errors import CheckpointError, ConfigError
 from torchkeep.track import Tracker
+from torchkeep.train.ema import WeightAverage, ema_weights
 from torchkeep.train.metrics import HIGHER_IS_BETTER, MetricFn
 from torchkeep.train.optim import OptimConfig, build_optimizer, build_scheduler
 from torchkeep.train.progress import Progress
@@ -47,6 +48,9 @@ class TrainConfig:
     # CPU threads for torch (None: torch's default, one per core). On a machine shared with other
     # busy processes, fewer threads than cores avoid stalls where threads wait on each other.
     threads: int | None = None
+    # Exponential moving average of the weights (train/ema.py), updated after every optimizer step;
+    # validation, the best-epoch pick and the final weights use it. None: off.
+    ema_decay: float | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
@@ -64,6 +68,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0 (got {value})")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ConfigError(f"clip_grad_norm must be > 0 (got {self.clip_grad_norm})")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999 (the weights of about the last"
+                              f" 1 / (1 - decay) steps are averaged), or None for no average (got {self.ema_decay})")
         if self.monitor_mode not in (None, "min", "max"):
             raise ConfigError(f"monitor_mode must be min or max (got {self.monitor_mode!r})")
         if self.transfer.unfreeze_at is not None and self.transfer.unfreeze_at > self.epochs:
@@ -149,6 +156,7 @@ def fit(
     `resume` restores the newest valid checkpoint of `checkpointer` first. `stop_at_step` ends the
     run right after that optimizer step with a checkpoint (used to replay and verify a resume).
     `pretrained` names the parameters loaded from elsewhere (`config.transfer.backbone_lr_mult`).
+    With `config.ema_decay`, validation, the best pick and the weights `model` ends with are the EMA's.
     """
     progress = progress or Progress(quiet=True)
     trackers = list(trackers)
@@ -172,6 +180,8 @@ def fit(
     parameters = transfer.param_groups(config.optim.lr) if transfer.active else model.parameters()
     optimizer = build_optimizer(config.optim, parameters)
     scheduler = build_scheduler(config.optim, optimizer, steps_per_epoch * state.epochs)
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay is not None else None
+    evaluated = average.module if average is not None else model  # validated, best-picked and kept at the end
 
     if resume and checkpointer is not None:
         step = None
@@ -183,6 +193,8 @@ def fit(
                                         step=step)
         if restored is not None:
             state = TrainState.from_dict(restored.extra["train_state"])
+            if average is not None:
+                average.load_state_dict(restored.extra.get("ema"), f"{checkpointer.storage.uri}/{restored.name}")
             progress.message(f"resumed from {restored.name} (epoch {train_loader.epoch + 1}, "
                              f"batch {train_loader.position} of {batches_per_epoch})")
 
@@ -202,7 +214,7 @@ def fit(
         nonlocal best_weights
         if valid_loader is None:
             return
-        metrics = evaluate(model, loss_fn, valid_loader, metrics_fn, device)
+        metrics = evaluate(evaluated, loss_fn, valid_loader, metrics_fn, device)
         train_mode()
         state.last_valid = metrics
         log_event({"split": "valid", "epoch": train_loader.epoch, **metrics})
@@ -214,7 +226,7 @@ def fit(
             state.best_value, state.best_step, state.bad_evaluations = value, state.step, 0
             state.best_valid = metrics
             if restore_best:
-                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_weights = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
                 # The best weights must outlive a restart: checkpoint them (best-k retention keeps them).
                 save()
         else:
@@ -229,9 +241,16 @@ def fit(
         checkpointer.save(
             state.step, model=model, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
             epoch=train_loader.epoch, metrics={f"valid_{k}": v for k, v in state.last_valid.items()},
-            extra={"train_state": state.to_dict(), **({"transfer": transfer.state_dict()} if transfer.active else {})},
+            extra={"train_state": state.to_dict(), **({"transfer": transfer.state_dict()} if transfer.active else {}),
+                   **({"ema": average.state_dict()} if average is not None else {})},
         )
         last_saved = state.step
+
+    def finish(valid: dict[str, float]) -> FitResult:
+        """The model ends with the weights it was validated with: the average's, when there is one."""
+        if average is not None:
+            model.load_state_dict(average.weights())
+        return FitResult(state=state, valid=valid, history=history)
 
     def train_mode() -> None:
         model.train()
@@ -262,6 +281,8 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update(model)
             if scheduler is not None:
                 scheduler.step()
             state.step += 1
@@ -269,7 +290,7 @@ def fit(
                 save()
                 if checkpointer is not None:
                     checkpointer.wait()
-                return FitResult(state=state, valid=state.last_valid, history=history)
+                return finish(state.last_valid)
             if state.step % config.log_every_steps == 0:
                 now = time.perf_counter()
                 mean_loss = (window_loss / window_batches).item()
@@ -297,13 +318,15 @@ def fit(
     if checkpointer is not None:
         checkpointer.wait()
     if not (restore_best and state.best_step is not None and state.best_step != state.step):
-        return FitResult(state=state, valid=state.last_valid, history=history)
+        return finish(state.last_valid)
     if best_weights is not None:
         model.load_state_dict(best_weights)
     else:  # resumed after the best validation: its checkpoint is kept as best-k
         try:
-            checkpointer.restore(model=model, step=state.best_step, restore_rng=False)  # type: ignore[union-attr]
+            best = checkpointer.restore(model=model, step=state.best_step, restore_rng=False)  # type: ignore[union-attr]
         except (CheckpointError, AttributeError) as error:
             log.warning("keeping the last weights: the best ones (step %s) are gone: %s", state.best_step, error)
-            return FitResult(state=state, valid=state.last_valid, history=history)
+            return finish(state.last_valid)
+        if average is not None and (weights := ema_weights(best.extra if best else None)) is not None:
+            model.load_state_dict(weights)
     return FitResult(state=state, valid=state.best_valid, history=history)

@@ -103,6 +103,7 @@ def _read_run(source: str) -> Pretrained | None:
     from torchkeep.checkpoint.manager import MODEL_FILE
     from torchkeep.export.bundle import BUNDLE_FILE, read_bundle
     from torchkeep.storage import open_storage
+    from torchkeep.train.ema import ema_weights_in_files
 
     storage = open_storage(source)
     for prefix in ("bundle", ""):
@@ -121,7 +122,8 @@ def _read_run(source: str) -> Pretrained | None:
     for info in reversed(candidates):
         try:
             files = checkpoint_format.read_checkpoint(storage, info.name)[1]
-            weights = tensor_files.decode(files[MODEL_FILE], f"{source}/{info.name}/{MODEL_FILE}")
+            weights = (ema_weights_in_files(files, f"{source}/{info.name}")  # trained with ema_decay: its average
+                       or tensor_files.decode(files[MODEL_FILE], f"{source}/{info.name}/{MODEL_FILE}"))
             return Pretrained(source, f"checkpoint {info.name}", weights, preprocessor)
         except (CheckpointError, KeyError) as error:
             reasons.append(str(error))
