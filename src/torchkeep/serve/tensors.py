@@ -22,6 +22,7 @@ import torch
 from torchkeep.data.inputs import INPUT
 from torchkeep.errors import ServeError
 from torchkeep.serve.validate import RequestError
+from torchkeep.tensor_files import decode_outputs
 
 
 def servable_problem(inputs: dict[str, Any]) -> str | None:
@@ -199,20 +200,16 @@ class TensorRequests:
         return answers
 
     def _decoded(self, outputs: torch.Tensor) -> list[dict[str, Any] | None]:
-        """What the task says the outputs mean, where their shape fits it (as the named losses read them)."""
-        rows = len(outputs)
-        per_row = outputs.reshape(rows, -1).double()
-        if self.task == "multiclass" and outputs.ndim == 2 and outputs.shape[1] >= 2:
-            probabilities = torch.softmax(per_row, dim=1)
-            labels = [str(i) for i in range(outputs.shape[1])]
-            return [{"prediction": int(p.argmax()), "probabilities": dict(zip(labels, p.tolist()))} for p in probabilities]
-        if self.task == "binary" and per_row.shape[1] == 1:
-            positive = torch.sigmoid(per_row[:, 0]).tolist()
-            return [{"prediction": int(logit > 0), "probabilities": {"0": 1 - p, "1": p}}
-                    for logit, p in zip(per_row[:, 0].tolist(), positive)]
-        if self.task == "regression" and per_row.shape[1] == 1:
-            return [{"prediction": value} for value in outputs.reshape(rows).tolist()]
-        return [None] * rows
+        """What the task says the outputs mean (tensor_files.decode_outputs), in the table server's shape."""
+        decoded = decode_outputs(outputs, self.task)
+        if decoded is None:
+            return [None] * len(outputs)
+        predictions, probabilities = decoded
+        if probabilities is None:
+            return [{"prediction": value} for value in predictions]
+        labels = [str(i) for i in range(probabilities.shape[1])]
+        return [{"prediction": value, "probabilities": dict(zip(labels, row))}
+                for value, row in zip(predictions, probabilities.tolist())]
 
     def answer(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {"outputs": [result["output"] for result in results]}
