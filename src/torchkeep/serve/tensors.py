@@ -48,7 +48,9 @@ def _items(dims: list[int], word: str) -> str:
 
 def _shape_text(dims: list[int], word: str = "number") -> str:
     """[] -> "a number"; [4] -> "a list of 4 numbers"; [2, 4] -> "a list of 2 lists of 4 numbers"."""
-    return f"a {word}" if not dims else f"a list of {_items(dims, word)}"
+    if not dims:
+        return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+    return f"a list of {_items(dims, word)}"
 
 
 def _shown(value: Any) -> str:
@@ -171,9 +173,10 @@ class TensorRequests:
         for spec in self.inputs:
             tensors[spec.name] = spec.rows(given[spec.name], f"inputs.{spec.name}", self.max_rows)
             first = self.inputs[0].name
-            if len(tensors[spec.name]) != len(tensors[first]):
-                raise RequestError(f"inputs.{spec.name}", f"{len(tensors[spec.name])} rows, but inputs.{first} has"
-                                   f" {len(tensors[first])}; every input needs one entry per row")
+            rows, expected = len(tensors[spec.name]), len(tensors[first])
+            if rows != expected:
+                raise RequestError(f"inputs.{spec.name}", f"{rows} row{'s' * (rows != 1)}, but inputs.{first} has"
+                                   f" {expected}; every input needs one entry per row")
         return [dict(zip(tensors, row)) for row in zip(*(t.unbind(0) for t in tensors.values()))]
 
     def warmup_row(self) -> Any:
