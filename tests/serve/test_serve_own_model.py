@@ -19,9 +19,9 @@ import torch
 
 CUSTOM = Path(__file__).parents[1] / "custom"
 sys.path.insert(0, str(CUSTOM))
-from own_models import SmallImageNet, TwoInputs, blobs  # noqa: E402
+from own_models import SmallImageNet, TwoInputs, blobs
 
-import torchkeep  # noqa: E402
+import torchkeep
 
 SETTINGS = {"epochs": 1, "batch_size": 32, "seed": 1, "quiet": True}
 
