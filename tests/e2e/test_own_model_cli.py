@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 CUSTOM = Path(__file__).parents[1] / "custom"
 sys.path.insert(0, str(CUSTOM))
-from own_models import SmallImageNet, TwoInputs, blobs
+from own_models import SmallImageNet, TwoInputs, Widths, blobs
 
 import torchkeep
 from torchkeep.train.metrics import multiclass_metrics
@@ -139,3 +139,23 @@ def test_a_file_that_does_not_fit_is_one_line_naming_it(workdir):
     for args, message in cases:
         assert one_line_error(cli(*args, cwd=workdir)).startswith(message), args
     assert not (workdir / "x.npy").exists()
+
+
+def test_binary_and_regression_runs_get_their_predictions(tmp_path):
+    images, labels = blobs(120, seed=5)
+    np.save(tmp_path / "images.npy", images[:10].numpy())
+    torch.manual_seed(0)
+    torchkeep.fit(Widths(16, classes=1), (images, labels == 1), run_dir=str(tmp_path / "binary"), **SETTINGS)
+    torchkeep.fit(Widths(16, classes=1), (images, labels.float() * 1.5), run_dir=str(tmp_path / "regression"), **SETTINGS)
+    for run in ("binary", "regression"):
+        done = cli("predict", run, "--data", "images.npy", "--out", f"{run}.csv", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    logits = python_outputs(tmp_path, "binary", images[:10]).reshape(-1)
+    binary = pl.read_csv(tmp_path / "binary.csv")
+    assert binary.columns == ["output_0", "prediction", "probability_0", "probability_1"]
+    assert binary["prediction"].to_list() == (logits > 0).long().tolist()
+    torch.testing.assert_close(torch.tensor(binary["probability_1"].to_numpy()), torch.sigmoid(logits.double()))
+    values = python_outputs(tmp_path, "regression", images[:10]).reshape(-1)
+    regression = pl.read_csv(tmp_path / "regression.csv")
+    assert regression.columns == ["output_0", "prediction"]
+    assert torch.equal(torch.tensor(regression["prediction"].to_numpy(), dtype=torch.float32), values)
