@@ -19,7 +19,7 @@ import torch
 
 CUSTOM = Path(__file__).parents[1] / "custom"
 sys.path.insert(0, str(CUSTOM))
-from own_models import SmallImageNet, TwoInputs, blobs
+from own_models import PairDataset, PairInput, SmallImageNet, TwoInputs, blobs
 
 import torchkeep
 
@@ -182,3 +182,15 @@ def test_a_run_without_a_task_answers_outputs_only(start_server, runs):
     body = server.post({"inputs": images.tolist()}).json()
     assert set(body) == {"outputs"}
     assert torch.equal(torch.tensor(body["outputs"], dtype=torch.float32), predicted(runs["callable"], images))
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")  # torchdata on torch 2.13 (a Dataset's loader)
+def test_a_model_without_tensor_inputs_is_refused_at_start_in_one_line(start_server, tmp_path):
+    torchkeep.fit(PairInput(), PairDataset(), run_dir=str(tmp_path / "pair"), **SETTINGS)
+    server = start_server(tmp_path / "pair", wait=False)
+    server.process.wait(timeout=120)  # it exits by itself
+    status, _, stderr = server.stop()
+    assert status == 2
+    assert stderr == (f"error: {tmp_path / 'pair'}: cannot serve this model: its training inputs were not one tensor or a"
+                      " dict of tensors, so there is no input to check requests against; call torchkeep.load(...).model"
+                      " from code of your own\n")

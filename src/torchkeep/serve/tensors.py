@@ -143,8 +143,10 @@ class TensorRequests:
     def __init__(self, predictor: Any, *, max_rows: int, strict: bool = False) -> None:
         problem = servable_problem(predictor.inputs)
         if problem:
-            raise ServeError(f"{predictor.source}: cannot serve this model: {problem}; serve an export of it"
-                             f" (torchkeep export {predictor.source} --format onnx) with a runtime of your own")
+            instead = ("call torchkeep.load(...).model from code of your own" if predictor.inputs["call"] == "other"
+                       else f"serve an export of it (torchkeep export {predictor.source} --format onnx) with a runtime"
+                       " of your own")
+            raise ServeError(f"{predictor.source}: cannot serve this model: {problem}; {instead}")
         self.predictor, self.max_rows, self.strict = predictor, max_rows, strict
         self.positional = predictor.inputs["call"] == "positional"
         self.inputs = [_Input(spec) for spec in predictor.inputs["inputs"]]
