@@ -70,7 +70,7 @@ class _Input:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.name, self.dims = spec["name"], [int(size) for size in spec["shape"][1:]]
         self.dtype: torch.dtype = getattr(torch, spec["dtype"])
-        self.word = "number"
+        self.dtype_name, self.word = spec["dtype"], "number"
         if self.dtype == torch.bool:
             self.kind, self.word = "bool", "boolean"
         elif self.dtype.is_floating_point:
@@ -81,7 +81,7 @@ class _Input:
             self.low, self.high = torch.iinfo(self.dtype).min, torch.iinfo(self.dtype).max
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": str(self.dtype).removeprefix("torch."), "shape": ["batch", *self.dims],
+        return {"name": self.name, "dtype": self.dtype_name, "shape": ["batch", *self.dims],
                 "row": _shape_text(self.dims, self.word)}
 
     def scalar_problem(self, value: Any) -> str | None:
@@ -91,7 +91,9 @@ class _Input:
                 return f"expected a number, got {_shown(value)}"
             if kind is float and not math.isfinite(value):
                 return f"expected a finite number, got {value!r}"
-            return None if -self.limit <= value <= self.limit else f"expected a number within the {self.describe()['dtype']} range, got {value:.6g}"
+            if -self.limit <= value <= self.limit:
+                return None
+            return f"expected a number within the {self.dtype_name} range, got {value:.6g}"
         if self.kind == "integer":
             if kind is float and value.is_integer():
                 value = int(value)
@@ -137,8 +139,6 @@ class _Input:
 class TensorRequests:
     """Requests to a TensorPredictor: what serve/app.py asks of a validator (rows, warmup_row,
     json_schema), plus the prediction of a batch of rows and the answer's shape."""
-
-    field = "inputs"  # a row that cannot be answered is named inputs[i]
 
     def __init__(self, predictor: Any, *, max_rows: int, strict: bool = False) -> None:
         problem = servable_problem(predictor.inputs)
