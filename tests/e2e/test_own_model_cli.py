@@ -159,3 +159,17 @@ def test_binary_and_regression_runs_get_their_predictions(tmp_path):
     regression = pl.read_csv(tmp_path / "regression.csv")
     assert regression.columns == ["output_0", "prediction"]
     assert torch.equal(torch.tensor(regression["prediction"].to_numpy(), dtype=torch.float32), values)
+
+
+def test_predict_reads_and_writes_s3(s3, workdir):
+    bucket = s3.new_bucket()
+    s3.client().put_object(Bucket=bucket, Key="in/images.npy", Body=(workdir / "images.npy").read_bytes())
+    done = cli("predict", "image", "--data", f"s3://{bucket}/in/images.npy", "--out", f"s3://{bucket}/out/preds.parquet",
+               cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    written = s3.client().get_object(Bucket=bucket, Key="out/preds.parquet")["Body"].read()
+    table = pl.read_parquet(written)
+    expected = python_outputs(workdir, "image", torch.from_numpy(np.load(workdir / "images.npy")))
+    assert torch.equal(torch.tensor(table.select("output_0", "output_1", "output_2").to_numpy()), expected)
+    missing = cli("predict", "image", "--data", f"s3://{bucket}/in/nothing.npy", "--out", "x.npy", cwd=workdir)
+    assert f"s3://{bucket}/in/nothing.npy" in one_line_error(missing)
