@@ -74,7 +74,7 @@ class TensorPredictor:
             data = read_inputs(data, self.inputs)[0]
         if isinstance(data, str) or hasattr(data, "columns"):
             raise DataError(f"{self.source}: a model trained with torchkeep.fit takes tensors, not tables:"
-                            " torchkeep.load(...).predict(tensor) from Python")
+                            " torchkeep.load(...).predict(tensor), or a .npy, .npz or .safetensors file of them")
         if call == "other":
             with torch.no_grad():
                 return self.model(data)
