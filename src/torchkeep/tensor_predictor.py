@@ -21,7 +21,9 @@ from torchkeep.export.bundle import read_bundle
 from torchkeep.models.build import build_model
 from torchkeep.models.imported import ARCHITECTURE
 from torchkeep.storage import Storage
+from torchkeep.tensor_files import INPUT_SUFFIXES, read_inputs
 from torchkeep.train.ema import ema_weights
+from torchkeep.train.metrics import metrics_for_task
 
 log = logging.getLogger("torchkeep")
 
@@ -37,9 +39,15 @@ class TensorPredictor:
     """A user's own model from its bundle or run: tensors in, the model's raw output (e.g. logits) out.
 
     `predict` takes what the model was trained on: a tensor (`model(input)`), or a dict of tensors
-    (`model(**inputs)`, a "target" key is ignored); numpy arrays too. It checks names, dtypes and the
-    number of dimensions against the training inputs, casts floats to the trained float dtype, and runs
-    the model under no_grad in batches of `batch_size` rows.
+    (`model(**inputs)`, a "target" key is ignored); numpy arrays too; or the path of a .npy, .npz or
+    .safetensors file of them (tensor_files.py). It checks names, dtypes and the number of dimensions
+    against the training inputs, casts floats to the trained float dtype, and runs the model under
+    no_grad in batches of `batch_size` rows.
+
+    `evaluate` takes the inputs with their targets (an `(inputs, target)` pair, a dict with "target",
+    or a .npz / .safetensors file with a "target" array) and returns the metrics of the run's task,
+    those its validation reported; a run trained with a callable loss and callable or no metrics has
+    no task on record, and evaluate says so.
     """
 
     def __init__(self, model: nn.Module, meta: dict[str, Any], source: str) -> None:
@@ -63,9 +71,11 @@ class TensorPredictor:
 
     def predict(self, data: Any, *, batch_size: int = 1024) -> torch.Tensor:
         call, expected = self.inputs["call"], {spec["name"]: spec for spec in self.inputs["inputs"]}
+        if isinstance(data, str) and data.lower().endswith(INPUT_SUFFIXES):
+            data = read_inputs(data, self.inputs)[0]
         if isinstance(data, str) or hasattr(data, "columns"):
             raise DataError(f"{self.source}: a model trained with torchkeep.fit takes tensors, not tables:"
-                            " torchkeep.load(...).predict(tensor) from Python")
+                            " torchkeep.load(...).predict(tensor), or a .npy, .npz or .safetensors file of them")
         if call == "other":
             with torch.no_grad():
                 return self.model(data)
@@ -87,8 +97,24 @@ class TensorPredictor:
         return torch.cat(outputs)
 
     def evaluate(self, data: Any, **_: Any) -> dict[str, float]:
-        raise DataError(f"{self.source}: evaluate takes tables; for a model trained with torchkeep.fit, compute"
-                        " metrics on torchkeep.load(...).predict(tensor)")
+        if self.task is None:
+            raise DataError(f"{self.source}: no metrics on record to evaluate with: the run's metrics were a callable or"
+                            " None (or its loss a callable, with metrics='auto'), and a bundle keeps no code; train with"
+                            " metrics='binary' | 'multiclass' | 'regression', or compute yours on"
+                            " torchkeep.load(...).predict(inputs) in Python")
+        if isinstance(data, str):
+            inputs, target = read_inputs(data, self.inputs, with_target=True)
+        elif isinstance(data, dict):
+            if "target" not in data:
+                raise DataError(f"{self.source}: evaluate needs the targets: a dict with a 'target' tensor")
+            inputs, target = data, data["target"]
+        elif isinstance(data, (tuple, list)) and len(data) == 2:
+            inputs, target = data
+        else:
+            raise DataError(f"{self.source}: evaluate takes an (inputs, target) pair, a dict of tensors with 'target',"
+                            " or a .npz / .safetensors file with a 'target' array")
+        target = torch.from_numpy(target) if type(target).__module__ == "numpy" else target
+        return metrics_for_task(self.task)(self.predict(inputs), target)
 
 
 def is_own_run(storage: Storage) -> bool:

@@ -80,3 +80,26 @@ class BlobDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
+
+
+class PairInput(nn.Module):
+    """A model called with one tuple of tensors, `model((left, right))`: trained fine, but its inputs are not one
+    tensor or a dict of tensors, so there is nothing to check requests or files against."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Linear(8, CLASSES)
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.layers(torch.cat(pair, dim=1))
+
+
+class PairDataset(Dataset):
+    """Items `((left, right), label)` for PairInput."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        generator = torch.Generator().manual_seed(index)
+        return (torch.randn(4, generator=generator), torch.randn(4, generator=generator)), torch.tensor(index % CLASSES)

@@ -11,7 +11,8 @@ def add_parser(commands: Any) -> None:
     p = commands.add_parser("evaluate", help="metrics of a run's model on a labelled table",
                             description="Score a run (or bundle) on a table that has the target column.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a bundle")
-    p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet) with the target column")
+    p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet) with the target column; for a model"
+                   " trained with torchkeep.fit, a .npz or .safetensors file of its inputs and a 'target' array")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--image-dir", metavar="DIR", help="image runs: folder a CSV's file names are relative to"
                    " (default: the CSV's folder); --data may also be a folder of class folders or idx files")

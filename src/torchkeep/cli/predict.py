@@ -14,8 +14,9 @@ def add_parser(commands: Any) -> None:
         " Unseen categories and nulls are fine: they map to the null/unseen index.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a bundle")
-    p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet); the target may be absent")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .parquet")
+    p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet); the target may be absent."
+                   " For a model trained with torchkeep.fit: .npy, .npz or .safetensors of its input tensors")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .parquet (own models: also .npy, .safetensors)")
     p.add_argument("--image-dir", metavar="DIR", help="image runs: folder a CSV's file names are relative to"
                    " (default: the CSV's folder); --data may also be a folder of class folders or idx files")
     p.set_defaults(run=run)
@@ -28,6 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from torchkeep.data.io import read_table, write_table
 
     predictor = torchkeep.load(args.run_dir)
+    if isinstance(predictor, torchkeep.TensorPredictor):  # tensors in, outputs out (tensor_files.py)
+        from torchkeep.tensor_files import predict_file
+
+        rows = predict_file(predictor, args.data, args.out)
+        print(f"wrote {rows:,} predictions to {args.out}")
+        return 0
     if getattr(predictor.schema, "kind", "table") == "image":  # one row per image: file, prediction, probabilities
         predictions = predictor.predict(args.data, image_dir=args.image_dir)
         write_table(predictions, args.out)

@@ -10,6 +10,7 @@ EPILOG = """examples:
   torchkeep serve runs/flights-20261125-1200
   curl -s localhost:8000/predict -H 'content-type: application/json' \\
        -d '{"rows": [{"month": 1, "day": 2, "hour": 9, "carrier": "UA", ...}]}'
+  torchkeep serve runs/fashion     # a model of torchkeep.fit: {"inputs": [row, ...]} -> {"outputs": [...]}
 
 The bundle is loaded once at start; nothing is ever loaded from a request. Bad requests get a 4xx
 naming the field; unseen categories and nulls are served. SIGTERM finishes requests in flight.

@@ -3,6 +3,7 @@
 POST /predict is served by a lean ASGI handler (no framework code per request); FastAPI serves the rest.
 
     POST /predict   {"rows": [{...}, ...]} or one row {...} -> {"predictions": [...]}
+                    a model of torchkeep.fit: {"inputs": ...} -> {"outputs": [...]} (serve/tensors.py)
     GET  /health    200 when the model answers (checked at start, kept by the batcher), else 503
     GET  /metadata  columns, types, known categories, task, metrics, limits
     /docs, /openapi.json
@@ -141,10 +142,17 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse, Response
 
-    if getattr(predictor.schema, "kind", "table") == "image":  # base64 images in JSON, or multipart uploads
+    from torchkeep.tensor_predictor import TensorPredictor
+
+    own = isinstance(predictor, TensorPredictor)  # a model of torchkeep.fit: JSON tensors (serve/tensors.py)
+    if own:
+        from torchkeep.serve.tensors import TensorRequests
+
+        validator: Any = TensorRequests(predictor, max_rows=config.max_rows_per_request, strict=config.strict)
+    elif getattr(predictor.schema, "kind", "table") == "image":  # base64 images in JSON, or multipart uploads
         from torchkeep.serve.images import ImageRowValidator
 
-        validator: Any = ImageRowValidator(predictor.schema, max_rows=config.max_rows_per_request, strict=config.strict)
+        validator = ImageRowValidator(predictor.schema, max_rows=config.max_rows_per_request, strict=config.strict)
     else:
         validator = RowValidator(predictor.schema, max_rows=config.max_rows_per_request, strict=config.strict)
     token = config.token.encode() if config.token is not None else None
@@ -155,8 +163,8 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
         return records(predictor.predict_frame(validator.frame(rows)))
 
     state = {"in_flight": 0, "ready": False, "reason": "starting"}
-    batcher = Batcher(predict_rows, max_batch_rows=config.max_batch_rows, max_wait_ms=config.max_wait_ms,
-                      idle=lambda: state["in_flight"] <= 1)  # no other request in the server
+    batcher = Batcher(validator.predict if own else predict_rows, max_batch_rows=config.max_batch_rows,
+                      max_wait_ms=config.max_wait_ms, idle=lambda: state["in_flight"] <= 1)  # no other request in the server
 
     @asynccontextmanager
     async def lifespan(app: Any):
@@ -188,7 +196,7 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
             return Response(unauthorized, status_code=401, media_type="application/json")
         meta = predictor.meta
         return JSONResponse({
-            **predictor.schema.describe(),
+            **(validator.describe() if own else predictor.schema.describe()),
             "metrics": meta.get("metrics", {}),
             "versions": meta.get("versions", {}),
             "limits": {"max_rows_per_request": config.max_rows_per_request, "max_body_bytes": config.max_body_bytes},
@@ -198,8 +206,9 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
     def openapi() -> dict[str, Any]:  # FastAPI's schema, plus /predict (served outside FastAPI's routing)
         if api.openapi_schema is None:
             schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+            answers = validator.response_schema() if own else _PREDICTIONS_SCHEMA
             responses: dict[str, Any] = {"200": {"description": "one prediction per row, in order",
-                                                 "content": {"application/json": {"schema": _PREDICTIONS_SCHEMA}}}}
+                                                 "content": {"application/json": {"schema": answers}}}}
             responses |= {code: {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
                           for code, text in _ERRORS.items()}
             operation = {"summary": "Predict", "operationId": "predict", "responses": responses, "requestBody": {
@@ -276,10 +285,11 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
         finally:
             watcher.cancel()
         if None in predictions:
-            field = f"rows[{predictions.index(None)}]"
+            field = f"{'inputs' if own else 'rows'}[{predictions.index(None)}]"
             return 422, _error_body(field, "values too extreme for the model: its output is not a finite number"), []
         compute_ms = f"{(time.perf_counter() - started) * 1000:.2f}".encode()
-        return 200, _ENCODER.encode({"predictions": predictions}).encode(), [(b"x-compute-ms", compute_ms)]
+        answer = validator.answer(predictions) if own else {"predictions": predictions}
+        return 200, _ENCODER.encode(answer).encode(), [(b"x-compute-ms", compute_ms)]
 
     return ServeApp(api, predict)
 
@@ -295,13 +305,8 @@ def serve(source: str, config: ServeConfig) -> None:
     import torchkeep
 
     predictor = torchkeep.load(source)
-    if isinstance(predictor, torchkeep.TensorPredictor):
-        from torchkeep.errors import ServeError
-
-        raise ServeError(f"{source}: a model trained with torchkeep.fit takes tensors and the server takes table rows;"
-                         f" serve an export of it (torchkeep export {source} --format onnx) with a runtime of your own")
     app = create_app(predictor, config)
-    print(f"serving {source} ({predictor.task}) on http://{config.host}:{config.port}"
+    print(f"serving {source} ({predictor.task or 'tensors'}) on http://{config.host}:{config.port}"
           f"  docs: http://{config.host}:{config.port}/docs", flush=True)
     # uvicorn finishes the requests in flight on SIGTERM / SIGINT, then re-raises the signal to the
     # handler that was there before it; a no-op one here makes a clean shutdown exit 0 (not 143).
