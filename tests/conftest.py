@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 
 def flights_like(rows: int = 300, seed: int = 0) -> pl.DataFrame:
@@ -120,3 +121,15 @@ def s3() -> S3Endpoint:
         else:
             os.environ[key] = value
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def one_thread_and_restored_determinism():
+    """For modules that compare weights bit for bit: one torch thread while they run (a reduction split
+    over threads can round differently), and the deterministic-algorithms switch put back afterwards
+    (runs with deterministic=True turn it on). Used as `pytestmark = pytest.mark.usefixtures(...)`."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)

@@ -15,17 +15,9 @@ import torchkeep
 from torchkeep.errors import ConfigError, DataError
 from torchkeep.train.metrics import multiclass_metrics
 
-pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")  # torchdata on torch 2.13
+pytestmark = [pytest.mark.filterwarnings("ignore:'set_vital' is deprecated"),  # torchdata on torch 2.13
+              pytest.mark.usefixtures("one_thread_and_restored_determinism")]  # tests/conftest.py
 SETTINGS = {"epochs": 2, "batch_size": 32, "lr": 0.01, "seed": 1, "deterministic": True, "quiet": True}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread_and_restored_determinism():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
 
 
 def model() -> SmallImageNet:

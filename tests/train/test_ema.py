@@ -9,7 +9,6 @@ one does.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,12 @@ import polars as pl
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_resume import (
+    Regressor,
+    crashed_copy,
+    fit_line_with_mid_epoch_validation,
+    line,
+)
 from torch import nn
 
 import torchkeep
@@ -30,14 +35,7 @@ from torchkeep.train.loop import fit
 from torchkeep.train.transfer import read_pretrained
 from torchkeep.verify import verify_resume
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread_and_restored_determinism():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("one_thread_and_restored_determinism")  # tests/conftest.py
 
 
 # -- the setting -------------------------------------------------------------------------------
@@ -75,21 +73,6 @@ def test_the_cli_trains_with_an_ema_and_saves_the_setting(torchkeep, tmp_path: P
 
 
 # -- the average itself --------------------------------------------------------------------------
-
-
-class Regressor(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(3, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
-
-
-def line(rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, 3, generator=generator)
-    return {"x": x, "target": 2.0 * x.sum(dim=1, keepdim=True)}
 
 
 SGD = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant")
@@ -196,17 +179,6 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     return data, root / "full", result.state.best_step
 
 
-def crashed_copy(run_dir: Path, step: int, to: Path) -> Path:
-    """The run directory as a crash right after checkpoint `step` would have left it."""
-    shutil.copytree(run_dir, to)
-    for directory in (to / "checkpoints").glob("step-*"):
-        if int(directory.name.removeprefix("step-")) > step:
-            shutil.rmtree(directory)
-    (to / "checkpoints" / "LATEST").write_text(f"step-{step:09d}")
-    shutil.rmtree(to / "bundle", ignore_errors=True)
-    return to
-
-
 def bundle_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "bundle" / "model.safetensors")
 
@@ -285,26 +257,12 @@ def test_the_bundle_and_a_checkpoint_only_run_predict_with_the_average(uninterru
     assert all(torch.equal(pretrained.weights[name], average[name]) for name in average)
 
 
-def fit_with_early_best(run_dir: Path, *, resume: bool = False) -> tuple[nn.Module, int]:
-    """Validation wants the opposite slope: its best is early (step 3), long before the run ends."""
-    train_loader = BatchLoader(line(400), batch_size=32, seed=0)
-    valid = line(100, seed=1)
-    valid_loader = BatchLoader({"x": valid["x"], "target": -valid["target"]}, batch_size=100, shuffle=False)
-    torch.manual_seed(0)
-    model = Regressor()
-    config = TrainConfig(epochs=2, valid_every_steps=3, optim=OptimConfig(lr=0.05, schedule="constant"), device="cpu",
-                         ema_decay=0.7)
-    with Checkpointer(str(run_dir), keep_last=None) as checkpointer:
-        result = fit(model, nn.functional.mse_loss, train_loader, config=config, valid_loader=valid_loader,
-                     checkpointer=checkpointer, checkpoint_every_steps=2, resume=resume)
-    return model, result.state.best_step
-
-
 def test_a_run_resumed_after_its_best_validation_ends_with_the_average_saved_there(tmp_path: Path) -> None:
-    expected, best_step = fit_with_early_best(tmp_path / "full")
+    expected, best_step = fit_line_with_mid_epoch_validation(tmp_path / "full", ema_decay=0.7)
     assert best_step == 3
     best = Checkpointer(str(tmp_path / "full")).restore(step=best_step, restore_rng=False)
     assert all(torch.equal(expected.state_dict()[k], v) for k, v in best.extra["ema"]["weights"].items())
 
-    resumed, _ = fit_with_early_best(crashed_copy(tmp_path / "full", 10, tmp_path / "crashed"), resume=True)
+    resumed, _ = fit_line_with_mid_epoch_validation(crashed_copy(tmp_path / "full", 10, tmp_path / "crashed"), resume=True,
+                                                     ema_decay=0.7)
     assert all(torch.equal(expected.state_dict()[k], v) for k, v in resumed.state_dict().items())

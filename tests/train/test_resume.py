@@ -34,14 +34,7 @@ EPOCHS = 3
 BATCHES_PER_EPOCH = 17  # 1,080 training rows (1,200 less 10% for validation) in batches of 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread_and_restored_determinism():
-    """Tiny models train fastest on one thread; `deterministic=True` sets a process-wide flag."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("one_thread_and_restored_determinism")  # tests/conftest.py
 
 
 def delays_table(rows: int = 1_200, seed: int = 0) -> pl.DataFrame:
@@ -312,13 +305,15 @@ def test_fit_with_a_dataset_loader_resumes_exactly_across_epochs(tmp_path: Path,
     assert_bit_identical(expected.state_dict(), resumed.state_dict())
 
 
-def fit_line_with_mid_epoch_validation(run_dir: Path, *, resume: bool = False) -> tuple[nn.Module, int]:
+def fit_line_with_mid_epoch_validation(run_dir: Path, *, resume: bool = False,
+                                       ema_decay: float | None = None) -> tuple[nn.Module, int]:
     """Validation every 3 steps, checkpoints every 2: the best validation (step 3) has no checkpoint."""
     train_loader = BatchLoader(line(400, slope=2.0), batch_size=32, seed=0)
     valid_loader = BatchLoader(line(100, slope=-2.0, seed=1), batch_size=100, shuffle=False)
     torch.manual_seed(0)
     model = Regressor()
-    config = TrainConfig(epochs=2, valid_every_steps=3, optim=OptimConfig(lr=0.05, schedule="constant"), device="cpu")
+    config = TrainConfig(epochs=2, valid_every_steps=3, optim=OptimConfig(lr=0.05, schedule="constant"), device="cpu",
+                         ema_decay=ema_decay)
     with Checkpointer(str(run_dir), keep_last=None) as checkpointer:
         result = fit(model, nn.functional.mse_loss, train_loader, config=config, valid_loader=valid_loader,
                      checkpointer=checkpointer, checkpoint_every_steps=2, resume=resume)

@@ -29,13 +29,7 @@ BATCHES_PER_EPOCH = 9  # 540 training rows (600 less 10% for validation) in batc
 SETTINGS = {"target": "late", "batch_size": 64, "hidden_sizes": [32, 16], "seed": 5, "deterministic": True, "quiet": True}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread_and_restored_determinism():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("one_thread_and_restored_determinism")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
