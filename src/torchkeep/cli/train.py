@@ -21,13 +21,17 @@ EPILOG = """examples:
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
 categorical, continuous, drop; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
-[train] epochs, batch_size, seed, deterministic, early_stopping_patience, monitor, log_every_steps;
-[train.optim] optimizer, lr, weight_decay, schedule; [train.transfer] init_from, freeze, unfreeze_at,
-backbone_lr_mult, rename = {"old_prefix." = "new_prefix."}; [checkpoint] every_steps, keep_last, async;
+[train] epochs, batch_size, seed, deterministic, grad_accum_steps, clip_grad_norm, early_stopping_patience,
+monitor, valid_every_steps, restore_best, ema_decay, log_every_steps; [train.optim] optimizer, lr,
+weight_decay, schedule; [train.transfer] init_from, freeze, unfreeze_at, backbone_lr_mult,
+rename = {"old_prefix." = "new_prefix."}; [checkpoint] every_steps, keep_last, async;
 [track] trackers = ["tensorboard", "wandb"]. Images: [data] image_dir, image_size, channels, file_column,
-label_column, image_memory_bytes, skip_bad_images, augment_pad, augment_flip; [vision] architecture
+label_column, image_memory_bytes, skip_bad_images, augment_pad, augment_flip, and for images streamed
+from files num_workers, pin_memory, persistent_workers, prefetch_factor; [vision] architecture
 (cnn | mlp), widths, convs_per_block, hidden_sizes, dropout. Image runs default to 30 epochs, batch 64,
-lr 3e-3, augment_pad 1 unless set.
+lr 3e-3, augment_pad 1 unless set. Text: [data] text_columns, max_tokens, text_ngrams, min_freq,
+max_vocab, char_ngrams, tokenizer; [model] text_encoder, text_embedding_dim, text_dropout,
+text_weighting, embeddings, freeze_embeddings.
 """
 
 
