@@ -58,3 +58,11 @@ def test_batch_loader_gathers_packed_text_like_dense_tensors():
             assert list(got) == list(expected)
             assert torch.equal(got["target"], expected["target"])
             assert torch.equal(got["text"], cut(expected["text"]))
+
+
+def test_a_column_without_any_token_gives_padding_only():
+    words = (torch.tensor([5, 6, 7], dtype=torch.int32), torch.tensor([0, 2, 2, 3]))  # rows of 2, 0 and 1 ids
+    nothing = (torch.zeros(0, dtype=torch.int32), torch.zeros(4, dtype=torch.int64))
+    packed = PackedText([words, nothing])
+    assert packed.take(torch.tensor([2, 0, 1])).tolist() == [[[7, 0], [0, 0]], [[5, 6], [0, 0]], [[0, 0], [0, 0]]]
+    assert packed[1:2].tolist() == [[[0], [0]]]
