@@ -208,7 +208,7 @@ def train(
         config = _override(config, overrides)
         frame, name, config = _load_data(config, data)
         if config.data.text_columns:
-            config, changed = text_setup.apply_text_defaults(config, set(overrides), rows=frame.height)
+            config, changed = text_setup.apply_text_defaults(config, set(overrides) | config.explicit, rows=frame.height)
             if changed:
                 progress.message(f"text columns: training defaults {', '.join(changed)}")
         if config.data.target is None:

@@ -108,9 +108,14 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     vision: VisionModelConfig = field(default_factory=VisionModelConfig)  # image runs' model
+    # Setting names a TOML file gave (load_toml), so image and text runs replace only the defaults nobody
+    # set, even where a file set one to the table default's value. Not saved: a saved config is resolved.
+    explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data.pop("explicit")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -130,7 +135,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         name = _ALIASES.get(key, key)
-        if name not in fields:
+        if name not in fields or name == "explicit":
             raise ConfigError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(fields))})")
         if name in nested and dataclasses.is_dataclass(nested[name]) and isinstance(value, dict):
             value = _build(nested[name], value, f"{where}.{key}")
@@ -149,4 +154,15 @@ def load_toml(path: str) -> RunConfig:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return RunConfig.from_dict(data, source=path)
+    return dataclasses.replace(RunConfig.from_dict(data, source=path), explicit=frozenset(_setting_names(data)))
+
+
+def _setting_names(table: dict[str, Any]) -> set[str]:
+    """The leaf setting names of a TOML table ([train.optim] lr -> "lr"), as flags and keywords name them."""
+    names: set[str] = set()
+    for key, value in table.items():
+        if isinstance(value, dict) and key != "rename":  # a section; [train.transfer] rename is a setting
+            names |= _setting_names(value)
+        else:
+            names.add(_ALIASES.get(key, key))
+    return names

@@ -46,7 +46,8 @@ IMAGE_ARCHITECTURES = {"cnn": "image_cnn", "mlp": "image_mlp"}
 # (bench/digits_defaults.py, mean of 3 seeds): 30 epochs, batch 64, lr 3e-3 gave valid accuracy
 # 0.9954 / log loss 0.0223; random crops after 1 pixel of padding lowered the log loss to 0.0149
 # (and from 0.0135 to 0.0131 with widths 64,128, which cost 2-3x the time for a gain within noise).
-# A value given on the command line or in Python, or set in TOML to other than the table default, wins.
+# A value given on the command line, in Python or in a TOML file wins (a Python RunConfig holding
+# the table default's value cannot be told from one that holds no setting).
 IMAGE_TRAIN_DEFAULTS = {"epochs": 30, "batch_size": 64}
 IMAGE_OPTIM_DEFAULTS = {"lr": 3e-3}
 IMAGE_DATA_DEFAULTS = {"augment_pad": 1}
@@ -245,6 +246,7 @@ def fingerprint(raw: RawImages) -> dict[str, Any]:
 
 
 def _image_defaults(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    overrides = {**overrides, **dict.fromkeys(config.explicit)}  # set by a flag, a keyword or the TOML file
     table_train, table_optim = TrainConfig(), OptimConfig()
     train = {k: v for k, v in IMAGE_TRAIN_DEFAULTS.items()
              if k not in overrides and getattr(config.train, k) == getattr(table_train, k)}
