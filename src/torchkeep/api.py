@@ -176,6 +176,7 @@ def train(
         run_dir, storage, config, schema, architecture = (prepared.run_dir, prepared.storage, prepared.config,
                                                           prepared.schema, prepared.architecture)
         model_args, train_tensors, valid_tensors = prepared.model_args, prepared.train_tensors, prepared.valid_tensors
+        pretrained = prepared.pretrained
     elif resume is not None:
         if overrides or target is not None or config is not None:
             raise ConfigError("a resumed run keeps its saved config; pass only the run directory (and data if it was a frame)")

@@ -38,7 +38,7 @@ from torchkeep.storage import open_storage
 from torchkeep.train.loop import TrainConfig
 from torchkeep.train.optim import OptimConfig
 from torchkeep.train.progress import Progress
-from torchkeep.train.transfer import check_transfer
+from torchkeep.train.transfer import Pretrained, check_transfer
 
 IMAGE_ARCHITECTURES = {"cnn": "image_cnn", "mlp": "image_mlp"}
 # Image runs start from these instead of the table defaults (3 epochs of 1024 rows suit 50k-row
@@ -67,6 +67,7 @@ class Prepared:
     train_tensors: dict[str, torch.Tensor] | None  # None: over the memory budget, streamed from files
     valid_tensors: dict[str, torch.Tensor] | None
     streamed: tuple[ImageFileDataset, ImageFileDataset] | None = None
+    pretrained: Pretrained | None = None  # init_from, read once while preparing (checked, then loaded)
 
     def loaders(self, eval_rows: int) -> tuple[Any, Any]:
         """(training loader, validation loader): whole batches from memory, or DatasetLoader workers."""
@@ -339,7 +340,7 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
     _write_json(storage, "model.json", {"architecture": architecture, "args": model_args})
     _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": found})
     return Prepared(run_dir, storage, config, schema, architecture, model_args, *tensors,
-                    streamed=None if plan is None else streamed)
+                    streamed=None if plan is None else streamed, pretrained=pretrained)
 
 
 def _tensors(schema: ImageSchema, train_raw: RawImages, valid_raw: RawImages,
