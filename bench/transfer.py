@@ -120,7 +120,7 @@ def backbone_linear_probe(parts: Parts, run_dir: Path) -> dict[str, float]:
     model = torchkeep.load(str(run_dir)).model.eval()
     layers = list(model.features)
     pools = [index for index, layer in enumerate(layers) if isinstance(layer, torch.nn.MaxPool2d)]
-    depths = {"raw pixels": 0, "after block 1": pools[0] + 1, "after the last block (before global pooling)":
+    depths = {"raw pixels": 0, "after block 1": pools[0] + 1, "after the last block":
               pools[-1] + 1, "backbone output (what the frozen head sees)": len(layers)}
 
     def features(part: Images, depth: int) -> np.ndarray:
@@ -143,6 +143,11 @@ def digits_parts(args: argparse.Namespace) -> Parts:
 
     with np.load(get_example("digits").path) as arrays:
         images, labels = arrays["images"], arrays["labels"].astype(np.int64)
+    if args.image_size:  # resized as torchkeep resizes a decoded file (Pillow, bilinear), before the split
+        from PIL import Image
+
+        images = np.stack([np.asarray(Image.fromarray(image).resize((args.image_size, args.image_size),
+                                                                    Image.Resampling.BILINEAR)) for image in images])
     order = np.random.default_rng(0).permutation(len(labels))  # fixed: every seed fine-tunes on the same images
     images, labels = images[order], labels[order]
     part_a = labels <= 4
@@ -162,6 +167,7 @@ def digits_parts(args: argparse.Namespace) -> Parts:
         write=write_idx_folder,
         same_labels=False,
         probe=backbone_linear_probe,
+        settings={"pool": args.pool} if args.pool else {},
     )
 
 
@@ -186,6 +192,8 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="flights")
     parser.add_argument("--finetune-rows", type=int, default=1_500, help="flights: training rows of part B (default 1500)")
     parser.add_argument("--per-class", type=int, default=5, help="digits: training images of each class 5-9 (default 5)")
+    parser.add_argument("--image-size", type=int, help="digits: resize the 8x8 images to N x N (default: as they are)")
+    parser.add_argument("--pool", choices=["avg", "flatten"], help="digits: the CNN's pooling before its head (default avg)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs, every variant (default: flights 10, digits 15)")
     parser.add_argument("--pretrain-epochs", type=int, help="(default: flights 3, digits 15)")
     parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (default: flights 256, digits 16)")

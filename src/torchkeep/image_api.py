@@ -295,7 +295,7 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
     if target is not None:
         overrides["target"] = target
     # image settings that share a name with the table model's go to [vision] in an image run
-    vision = {k: overrides.pop(k) for k in ("dropout", "hidden_sizes", "architecture", "widths") if k in overrides}
+    vision = {k: overrides.pop(k) for k in ("dropout", "hidden_sizes", "architecture", "widths", "pool") if k in overrides}
     config = _override(config, overrides)
     if not is_image_data(config, data):
         return None

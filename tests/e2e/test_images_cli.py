@@ -111,3 +111,15 @@ def test_a_toml_config_chooses_the_image_model(torchkeep, tmp_path):
     assert bundle["model_args"]["hidden_sizes"] == [64] and bundle["model_args"]["dropout"] == 0.2
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"]["augment_pad"] == 2 and config["train"]["batch_size"] == 64  # the image default
+
+
+def test_pool_flatten_from_the_command_line_is_the_bundles_model(torchkeep, tmp_path):
+    result = torchkeep("train", "--example", "digits", "--pool", "flatten", "--epochs", 1, "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    bundle = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
+    assert bundle["model_args"]["pool"] == "flatten"
+    import torchkeep as api
+
+    assert api.load(str(tmp_path / "run")).model.head.in_features == 64 * 2 * 2
+    bad = torchkeep("train", "--example", "digits", "--pool", "max", cwd=tmp_path)
+    assert bad.returncode == 2 and "invalid choice: 'max'" in bad.stderr

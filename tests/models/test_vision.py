@@ -65,3 +65,22 @@ def test_cnn_exports_answer_like_the_eager_model() -> None:
     session = onnxruntime.InferenceSession(onnx_program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"image": other.numpy()})[0])
     assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_a_flatten_head_sees_the_whole_last_feature_map() -> None:
+    torch.manual_seed(0)
+    model = build_model("image_cnn", {**ARGS, "widths": [8, 16], "pool": "flatten"}).eval()
+    assert model.head.in_features == 16 * 2 * 2  # two 2x2 poolings of 8x8: a 2x2 map of 16 channels
+    assert model(pixels(3)).shape == (3, 10)
+    assert build_model("image_cnn", {**ARGS, "widths": [8, 16]}).head.in_features == 16  # avg: one per channel
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (pixels(2),), dynamic_shapes={"image": {0: batch}})
+    assert torch.allclose(program.module()(pixels(5, seed=3)), model(pixels(5, seed=3)), atol=1e-5)
+
+
+def test_the_pool_setting_is_checked() -> None:
+    from torchkeep.errors import ConfigError
+    from torchkeep.models.vision import VisionModelConfig
+
+    with pytest.raises(ConfigError, match="vision.pool must be avg"):
+        VisionModelConfig(pool="max")

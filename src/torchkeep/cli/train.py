@@ -28,7 +28,7 @@ rename = {"old_prefix." = "new_prefix."}; [checkpoint] every_steps, keep_last, a
 [track] trackers = ["tensorboard", "wandb"]. Images: [data] image_dir, image_size, channels, file_column,
 label_column, image_memory_bytes, skip_bad_images, augment_pad, augment_flip, and for images streamed
 from files num_workers, pin_memory, persistent_workers, prefetch_factor; [vision] architecture
-(cnn | mlp), widths, convs_per_block, hidden_sizes, dropout. Image runs default to 30 epochs, batch 64,
+(cnn | mlp), widths, convs_per_block, pool, hidden_sizes, dropout. Image runs default to 30 epochs, batch 64,
 lr 3e-3, augment_pad 1 unless set. Text: [data] text_columns, max_tokens, text_ngrams, min_freq,
 max_vocab, char_ngrams, tokenizer; [model] text_encoder, text_embedding_dim, text_dropout,
 text_weighting, embeddings, freeze_embeddings.
@@ -77,6 +77,10 @@ def add_parser(commands: Any) -> None:
                         help="decoded images must fit in this much memory (default 2)")
     images.add_argument("--architecture", choices=["cnn", "mlp"], help="image model (default cnn)")
     images.add_argument("--widths", metavar="N,N", help="cnn channels per block, each block halves H and W (default 32,64)")
+    images.add_argument("--pool", choices=["avg", "flatten"],
+                        help="what the cnn's head sees: avg (default), global average pooling, one value per channel;"
+                             " flatten, the whole last feature map, where things are in the image (keeps much more"
+                             " for new classes on a frozen backbone)")
     text = p.add_argument_group(
         "text columns", "Lower-cased, split into Unicode words, punctuation dropped; a vocabulary fitted on the"
         " training split. A run with text columns defaults to 5 epochs, batch 64, lr 1e-3, MLP 32, sqrt pooling,"
@@ -170,7 +174,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult", "image_dir", "file_column",
              "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
-             "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay")
+             "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay", "pool")
 
 
 def run(args: argparse.Namespace) -> int:

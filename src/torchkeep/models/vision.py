@@ -16,6 +16,7 @@ from torch import nn
 from torchkeep.errors import ConfigError
 
 ARCHITECTURES = ("cnn", "mlp")
+POOLS = ("avg", "flatten")
 
 
 @dataclass(kw_only=True)
@@ -23,6 +24,10 @@ class VisionModelConfig:
     architecture: str = "cnn"  # "cnn" | "mlp" (the seeds' Flatten -> Linear -> ReLU stack)
     widths: list[int] = field(default_factory=lambda: [32, 64])  # cnn: channels per block (each block halves H, W)
     convs_per_block: int = 2
+    # cnn: what the head sees. "avg": global average pooling, one value per channel (any input size);
+    # "flatten": the last feature map whole, channels x H x W, where each thing is in the image. On
+    # digits a frozen backbone keeps far more for new classes this way (bench/transfer.py probes).
+    pool: str = "avg"
     hidden_sizes: list[int] = field(default_factory=lambda: [512, 512])  # mlp: hidden layer widths
     dropout: float = 0.1
 
@@ -33,6 +38,9 @@ class VisionModelConfig:
             values = getattr(self, name)
             if not values or any(not isinstance(v, int) or v < 1 for v in values):
                 raise ConfigError(f"vision.{name} must be positive integers (got {values})")
+        if self.pool not in POOLS:
+            raise ConfigError(f"vision.pool must be avg (global average pooling) or flatten (the whole last feature"
+                              f" map) (got {self.pool!r})")
         if not isinstance(self.convs_per_block, int) or self.convs_per_block < 1:
             raise ConfigError(f"vision.convs_per_block must be >= 1 (got {self.convs_per_block})")
         if not 0 <= self.dropout < 1:
@@ -74,10 +82,12 @@ class ImageMLP(nn.Module):
 
 class SmallCNN(nn.Module):
     """[Conv3x3 -> BN -> ReLU] * convs_per_block -> MaxPool2d(2) per width (a block whose input is
-    already 1 pixel high or wide skips its pooling), then global average pooling, dropout, Linear."""
+    already 1 pixel high or wide skips its pooling), then global average pooling (`pool="avg"`) or the
+    last feature map flattened (`pool="flatten"`), dropout, Linear."""
 
     def __init__(self, *, channels: int, height: int, width: int, out_features: int, mean: list[float],
-                 std: list[float], widths: list[int], convs_per_block: int = 2, dropout: float = 0.0) -> None:
+                 std: list[float], widths: list[int], convs_per_block: int = 2, dropout: float = 0.0,
+                 pool: str = "avg") -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
         layers: list[nn.Module] = []
@@ -90,7 +100,11 @@ class SmallCNN(nn.Module):
             if min(height, width) >= 2:
                 layers.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if pool == "flatten":
+            layers.append(nn.Flatten())
+            size *= height * width
+        else:
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(size, out_features)
@@ -109,4 +123,5 @@ def vision_model_args(config: VisionModelConfig, schema: object) -> dict[str, ob
               "dropout": config.dropout}
     if config.architecture == "mlp":
         return {**common, "hidden_sizes": list(config.hidden_sizes)}
-    return {**common, "widths": list(config.widths), "convs_per_block": config.convs_per_block}
+    cnn = {**common, "widths": list(config.widths), "convs_per_block": config.convs_per_block}
+    return {**cnn, "pool": config.pool} if config.pool != "avg" else cnn  # bundles with "avg" keep their earlier args
