@@ -31,6 +31,7 @@ CANDIDATES = {
     "cnn 32,64 pad 1 60 epochs": {"augment_pad": 1, "epochs": 60},
     "cnn 64,128 pad 1": {"widths": [64, 128], "augment_pad": 1},
     "cnn 32,64 pad 1 lr 1e-2": {"augment_pad": 1, "lr": 1e-2},
+    "cnn 32,64 pool flatten": {"pool": "flatten"},
 }
 
 
