@@ -28,6 +28,7 @@ backbone is the CNN's `features.*`. Another dataset is one function returning Pa
 
 Run: .venv/bin/python bench/transfer.py [--dataset flights] [--finetune-rows 1500] [--epochs 10] [--seeds 3]
      .venv/bin/python bench/transfer.py --dataset digits [--per-class 5] [--epochs 15] [--batch-size 16] [--lr 3e-3]
+         [--image-size 28] [--pool flatten]   (the digits resized, and the CNN's head on its whole last feature map)
      (either: [--unfreeze-at 3])
 """
 
