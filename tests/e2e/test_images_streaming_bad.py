@@ -53,3 +53,16 @@ def test_a_file_broken_mid_run_stops_the_run_naming_it_and_it_is_not_complete(to
     assert "Traceback" not in resumed.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] != "complete"
     assert not (tmp_path / "run" / "bundle").exists()
+
+
+def test_streamed_images_hand_the_model_writable_pixels(tmp_path):
+    import warnings
+
+    import torchkeep as api
+
+    write_digit_folder(tmp_path / "photos", 40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        api.train(str(tmp_path / "photos"), run_dir=str(tmp_path / "run"), epochs=1, batch_size=16, num_workers=0,
+                  image_memory_bytes=1000, quiet=True, threads=1)
+    assert not [w for w in caught if "not writable" in str(w.message)]

@@ -179,7 +179,8 @@ class ImageFileDataset(torch.utils.data.Dataset):
             self._storage = open_storage(self.root)
         name = self.files[index]
         image = self.schema.decode_bytes(self._storage.read(name), f"{self.root.rstrip('/')}/{name}")
-        return {"image": torch.from_numpy(image), "target": self.targets[index]}
+        # Pillow's pixels are a read-only array: a copy the batch may own (torch warns on read-only ones)
+        return {"image": torch.from_numpy(image.copy()), "target": self.targets[index]}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_storage": None}
