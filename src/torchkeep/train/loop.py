@@ -68,6 +68,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0 (got {value})")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ConfigError(f"clip_grad_norm must be > 0 (got {self.clip_grad_norm})")
+        check_device(self.device)
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999 (the weights of about the last"
                               f" 1 / (1 - decay) steps are averaged), or None for no average (got {self.ema_decay})")
@@ -92,6 +93,22 @@ class Loader(Sized, Iterable[Any], Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def check_device(name: str) -> None:
+    """A device this machine has (checked when a config is made, so a run fails before it writes anything)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {name!r})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name}: this torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu, or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name}: this torch has no MPS (Apple GPU) backend; use --device cpu, or auto")
 
 
 def resolve_device(name: str) -> torch.device:
