@@ -43,7 +43,7 @@ from torchkeep.storage import open_storage
 from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model
 from torchkeep.track import Tracker, build_trackers, close_trackers
 from torchkeep.train.ema import ema_weights
-from torchkeep.train.loop import fit, predict_outputs, resolve_device
+from torchkeep.train.loop import check_device, fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.train.progress import Progress
 from torchkeep.train.state import TrainState, seed_everything
@@ -240,6 +240,7 @@ def train(
         # Also checked before: freeze patterns, and what init_from loads (on a scratch model).
         transfer_report = check_transfer(config.train.transfer, lambda: build_model(architecture, model_args),
                                          pretrained, level_aligner(schema) if not schema.text else None)
+        check_device(config.train.device)
         storage = open_storage(run_dir)
         if transfer_report is not None:
             _write_json(storage, "transfer.json", transfer_report)

@@ -214,6 +214,7 @@ def fit(
             log.warning("%s, so torchkeep.load can rebuild it only in a process that defines it too; move the class"
                         " into a module to load the bundle anywhere", problem)
         model_spec = {"import": import_path(type(model)), "args": constructor_args(model, model_args)}
+        loop.check_device(train_config.device)
         settings_json = {"run_dir": run_dir, "data": {"task": task}, "train": dataclasses.asdict(train_config),
                          "checkpoint": dataclasses.asdict(checkpoint_config), "track": dataclasses.asdict(track_config)}
         _write_json(storage, "config.json", settings_json)

@@ -35,7 +35,7 @@ from torchkeep.models.build import build_model
 from torchkeep.models.vision import vision_model_args
 from torchkeep.models.vision_transfer import head_aligner, read_init_from
 from torchkeep.storage import open_storage
-from torchkeep.train.loop import TrainConfig
+from torchkeep.train.loop import TrainConfig, check_device
 from torchkeep.train.optim import OptimConfig
 from torchkeep.train.progress import Progress
 from torchkeep.train.transfer import Pretrained, check_transfer
@@ -333,6 +333,7 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
     pretrained, config = read_init_from(config)
     transfer_report = check_transfer(config.train.transfer, lambda: build_model(architecture, model_args), pretrained,
                                      head_aligner(schema))
+    check_device(config.train.device)
     if transfer_report is not None:
         _write_json(storage, "transfer.json", transfer_report)
     _write_json(storage, "config.json", config.to_dict())

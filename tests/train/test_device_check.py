@@ -7,6 +7,7 @@ import torch
 
 from torchkeep import TrainConfig
 from torchkeep.errors import ConfigError
+from torchkeep.train.loop import check_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
@@ -19,9 +20,22 @@ def test_an_unknown_device_name_is_refused():
 
 @no_cuda
 def test_cuda_without_a_gpu_stops_the_cli_before_a_run_directory_exists(torchkeep, tmp_path):
+    assert TrainConfig(device="cuda:0").device == "cuda:0"  # a saved config of a GPU run still loads here
     with pytest.raises(ConfigError, match="sees no CUDA GPU"):
-        TrainConfig(device="cuda:0")
+        check_device("cuda:0")
     result = torchkeep("train", "--example", "flights", "--device", "cuda", "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: device cuda: this torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu, or auto"
     assert not (tmp_path / "run").exists()
+
+
+@no_cuda
+def test_own_model_and_image_runs_check_the_device_before_writing(tmp_path):
+    import torchkeep
+
+    x, y = torch.randn(64, 3), torch.randn(64)
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        torchkeep.fit(torch.nn.Linear(3, 1), (x, y), run_dir=str(tmp_path / "own"), device="cuda", loss="mse", quiet=True)
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        torchkeep.train(example="digits", run_dir=str(tmp_path / "digits"), device="cuda", quiet=True)
+    assert not (tmp_path / "own" / "config.json").exists() and not (tmp_path / "digits").exists()

@@ -68,7 +68,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0 (got {value})")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ConfigError(f"clip_grad_norm must be > 0 (got {self.clip_grad_norm})")
-        check_device(self.device)
+        check_device(self.device, available=False)  # whether this machine has it: when a run starts
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999 (the weights of about the last"
                               f" 1 / (1 - decay) steps are averaged), or None for no average (got {self.ema_decay})")
@@ -95,14 +95,17 @@ class Loader(Sized, Iterable[Any], Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def check_device(name: str) -> None:
-    """A device this machine has (checked when a config is made, so a run fails before it writes anything)."""
+def check_device(name: str, *, available: bool = True) -> None:
+    """A device name torch knows, and (`available`) one this machine has. Runs check it before they write
+    anything; a config is only checked by name, so a run trained on a GPU still reports and loads on a laptop."""
     if name == "auto":
         return
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {name!r})") from None
+    if not available:
+        return
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name}: this torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu, or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -112,6 +115,7 @@ def check_device(name: str) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
