@@ -144,6 +144,33 @@ def explicit_device_cli_and_ema_resume():
             f"ema resume bit-identical: {same(weights(f'{root}/e-full'), weights(f'{root}/e-cut'))}")
 
 
+def predictions_on_cuda_match_cpu():
+    """torchkeep.load(..., device="cuda") answers like the CPU copy (tables, images, text, own model)."""
+    import numpy as np
+    import polars as pl
+
+    from torchkeep.data.builtin import get_example
+    flights = pl.read_parquet(get_example("flights").path).head(3000)
+    reviews = pl.read_parquet(get_example("reviews").path).head(500)
+    with np.load(get_example("digits").path) as arrays:
+        digits = torch.from_numpy(arrays["images"][:500, None].copy())
+    out = []
+    for run, data in ((f"{root}/t-det-full", flights), (f"{root}/txt-bag-False", reviews), (f"{root}/img", digits)):
+        cpu, cuda = torchkeep.load(run), torchkeep.load(run, device="cuda")
+        assert cuda.device.type == "cuda"
+        if isinstance(data, torch.Tensor):
+            a, b = cpu.predict_frame(data), cuda.predict_frame(data)
+        else:
+            a, b = cpu.predict(data), cuda.predict(data)
+        columns = [c for c in a.columns if c.startswith("probability")]
+        gap = max(float(np.abs(a[c].to_numpy() - b[c].to_numpy()).max()) for c in columns)
+        out.append(f"{run.rsplit('/', 1)[1]} max prob diff {gap:.1e}, same labels {a['prediction'].equals(b['prediction'])}")
+    own_cpu, own_cuda = torchkeep.load(f"{root}/own"), torchkeep.load(f"{root}/own", device="cuda")
+    x = torch.randn(100, 20)
+    out.append(f"own max diff {float((own_cpu.predict(x) - own_cuda.predict(x)).abs().max()):.1e}")
+    return "; ".join(out)
+
+
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU here: run this on a CUDA machine")
@@ -160,6 +187,7 @@ def main() -> None:
     section("streamed images on cuda: workers, pin_memory, resume", streamed_images_resume)
     section("flights speed cpu vs cuda", flights_speed)
     section("predict with a model trained on cuda", serve_like_predict_on_cuda_model)
+    section("load(device='cuda') predictions match the CPU's", predictions_on_cuda_match_cpu)
     section("explicit --device cuda:0, a GPU the machine lacks, EMA resume on cuda", explicit_device_cli_and_ema_resume)
 
 

@@ -333,6 +333,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, schema: TableSchema, meta: dict[str, Any], source: str) -> None:
         self.model, self.schema, self.meta, self.source = model.eval(), schema, meta, source
+        self.device = next(model.parameters()).device  # inputs go there; outputs come back to the CPU
 
     @property
     def task(self) -> str:
@@ -361,7 +362,8 @@ class Predictor:
         outputs = []
         with torch.no_grad():
             for start in range(0, rows, batch_rows):
-                outputs.append(self.model(**{k: v[start : start + batch_rows] for k, v in tensors.items()}))
+                batch = {k: v[start : start + batch_rows].to(self.device) for k, v in tensors.items()}
+                outputs.append(self.model(**batch).cpu())
         return self.schema.decode(torch.cat(outputs))
 
     def evaluate(self, data: Any, *, source: str = "data", image_dir: str | None = None) -> dict[str, float]:
@@ -373,11 +375,13 @@ class Predictor:
         return evaluate_tensors(self.model, self.schema, tensors)
 
 
-def load(path: str) -> Predictor | TensorPredictor:
+def load(path: str, *, device: str = "cpu") -> Predictor | TensorPredictor:
     """A Predictor from a bundle directory, or a run directory (its bundle, else its newest valid checkpoint).
-    A model trained with torchkeep.fit comes back as a TensorPredictor (tensors in, tensors out)."""
+    A model trained with torchkeep.fit comes back as a TensorPredictor (tensors in, tensors out).
+    `device`: where the model runs ("cpu", "cuda", "cuda:1", "auto"); inputs and outputs stay on the CPU."""
+    check_device(device)
     storage = open_storage(path)
-    own = load_own_model(storage, path)
+    own = load_own_model(storage, path, device=resolve_device(device))
     if own is not None:
         return own
     if storage.exists("bundle/bundle.json"):
@@ -399,4 +403,4 @@ def load(path: str) -> Predictor | TensorPredictor:
         if "://" not in path and not Path(path).exists():
             raise DataError(f"{path}: no such run or bundle")
         raise CheckpointError(f"{path}: not a torchkeep run or bundle (no bundle.json or config.json)")
-    return Predictor(model.to(resolve_device("cpu")), schema, meta, path)
+    return Predictor(model.to(resolve_device(device)), schema, meta, path)

@@ -53,6 +53,8 @@ class TensorPredictor:
     def __init__(self, model: nn.Module, meta: dict[str, Any], source: str) -> None:
         self.model, self.meta, self.source = model.eval(), meta, source
         self.inputs: dict[str, Any] = meta["preprocessor"]
+        parameter = next(model.parameters(), None)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
 
     @property
     def task(self) -> str | None:
@@ -92,8 +94,9 @@ class TensorPredictor:
         outputs = []
         with torch.no_grad():
             for start in range(0, rows, batch_size):
-                chunk = {name: t[start : start + batch_size] for name, t in tensors.items()}
-                outputs.append(self.model(chunk[INPUT]) if call == "positional" else self.model(**chunk))
+                chunk = {name: t[start : start + batch_size].to(self.device) for name, t in tensors.items()}
+                output = self.model(chunk[INPUT]) if call == "positional" else self.model(**chunk)
+                outputs.append(output.cpu())
         return torch.cat(outputs)
 
     def evaluate(self, data: Any, **_: Any) -> dict[str, float]:
@@ -122,8 +125,9 @@ def is_own_run(storage: Storage) -> bool:
     return storage.exists("model.json") and _read_json(storage, "model.json").get("architecture") == ARCHITECTURE
 
 
-def load_own_model(storage: Storage, path: str) -> TensorPredictor | None:
-    """A TensorPredictor for a bundle or run of a user's own model; None for anything else."""
+def load_own_model(storage: Storage, path: str, device: torch.device | None = None) -> TensorPredictor | None:
+    """A TensorPredictor for a bundle or run of a user's own model (on `device`, default CPU); None for anything else."""
+    device = device or torch.device("cpu")
     for prefix in ("bundle", ""):
         key = f"{prefix}/bundle.json" if prefix else "bundle.json"
         if storage.exists(key):
@@ -134,7 +138,7 @@ def load_own_model(storage: Storage, path: str) -> TensorPredictor | None:
             if architecture != ARCHITECTURE:
                 return None
             model, _, meta = read_bundle(storage, prefix)
-            return TensorPredictor(model, meta, path)
+            return TensorPredictor(model.to(device), meta, path)
     if not is_own_run(storage):
         return None
     spec = _read_json(storage, "model.json")
@@ -147,4 +151,4 @@ def load_own_model(storage: Storage, path: str) -> TensorPredictor | None:
     log.warning("%s has no bundle (training did not finish); using checkpoint %s", path, restored.name)
     meta = {"architecture": ARCHITECTURE, "model_args": spec["args"], "preprocessor": spec["inputs"],
             "task": spec.get("task"), "checkpoint": restored.name}
-    return TensorPredictor(model, meta, path)
+    return TensorPredictor(model.to(device), meta, path)

@@ -39,3 +39,19 @@ def test_own_model_and_image_runs_check_the_device_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="sees no CUDA GPU"):
         torchkeep.train(example="digits", run_dir=str(tmp_path / "digits"), device="cuda", quiet=True)
     assert not (tmp_path / "own" / "config.json").exists() and not (tmp_path / "digits").exists()
+
+
+@no_cuda
+def test_load_predict_and_serve_take_a_device_and_refuse_one_the_machine_lacks(torchkeep, tmp_path):
+    import torchkeep as api
+
+    api.train(example="flights", epochs=1, run_dir=str(tmp_path / "run"), quiet=True)
+    predictor = api.load(str(tmp_path / "run"), device="cpu")
+    assert predictor.device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        api.load(str(tmp_path / "run"), device="cuda")
+    for command in (("predict", "run", "--data", "x.csv", "--out", "p.csv"), ("evaluate", "run", "--data", "x.csv"),
+                    ("serve", "run")):
+        result = torchkeep(*command, "--device", "cuda", cwd=tmp_path)
+        assert result.returncode == 2 and "sees no CUDA GPU" in result.stderr, (command, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -10,6 +10,7 @@ from typing import Any
 def add_parser(commands: Any) -> None:
     p = commands.add_parser("evaluate", help="metrics of a run's model on a labelled table",
                             description="Score a run (or bundle) on a table that has the target column.")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N, auto")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a bundle")
     p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet) with the target column; for a model"
                    " trained with torchkeep.fit, a .npz or .safetensors file of its inputs and a 'target' array")
@@ -22,7 +23,7 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torchkeep
 
-    predictor = torchkeep.load(args.run_dir)
+    predictor = torchkeep.load(args.run_dir, device=args.device)
     metrics = predictor.evaluate(args.data, image_dir=args.image_dir)
     if args.json:
         print(json.dumps(metrics))

@@ -13,6 +13,7 @@ def add_parser(commands: Any) -> None:
         " `probability_<label>` columns to the input rows and write them as CSV or Parquet (by extension)."
         " Unseen categories and nulls are fine: they map to the null/unseen index.",
     )
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N, auto")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a bundle")
     p.add_argument("--data", required=True, metavar="PATH", help="table (.csv or .parquet); the target may be absent."
                    " For a model trained with torchkeep.fit: .npy, .npz or .safetensors of its input tensors")
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import torchkeep
     from torchkeep.data.io import read_table, write_table
 
-    predictor = torchkeep.load(args.run_dir)
+    predictor = torchkeep.load(args.run_dir, device=args.device)
     if isinstance(predictor, torchkeep.TensorPredictor):  # tensors in, outputs out (tensor_files.py)
         from torchkeep.tensor_files import predict_file
 

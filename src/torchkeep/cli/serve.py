@@ -33,6 +33,7 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--max-concurrency", type=int, default=256, help="requests in flight; more get 429")
     p.add_argument("--strict", action="store_true", help="422 for unknown fields in rows (default: ignored)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for the model (default 1)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N, auto")
     p.set_defaults(run=run)
 
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, token=args.token or os.environ.get("TORCHKEEP_TOKEN") or None,
         max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
         max_rows_per_request=args.max_rows_per_request, max_concurrency=args.max_concurrency,
-        strict=args.strict, threads=args.threads,
+        strict=args.strict, threads=args.threads, device=args.device,
     )
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
         logging.getLogger("torchkeep").warning(

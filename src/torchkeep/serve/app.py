@@ -46,6 +46,7 @@ class ServeConfig:
     token: str | None = None  # bearer token required on /predict and /metadata when set
     strict: bool = False  # unknown fields in a row: ignored, or 422 when strict
     threads: int = 1  # torch CPU threads for the model (the event loop needs a core too)
+    device: str = "cpu"  # where the model runs: cpu, cuda, cuda:N, auto
 
     def __post_init__(self) -> None:
         for name in ("port", "max_batch_rows", "max_body_bytes", "max_rows_per_request", "max_concurrency", "threads"):
@@ -304,7 +305,7 @@ def serve(source: str, config: ServeConfig) -> None:
         raise MissingExtraError("uvicorn", "serve") from None
     import torchkeep
 
-    predictor = torchkeep.load(source)
+    predictor = torchkeep.load(source, device=config.device)
     app = create_app(predictor, config)
     print(f"serving {source} ({predictor.task or 'tensors'}) on http://{config.host}:{config.port}"
           f"  docs: http://{config.host}:{config.port}/docs", flush=True)
