@@ -102,6 +102,39 @@ def test_constructor_arguments_given_read_back_or_unknown(tmp_path: Path, caplog
     assert torch.allclose(program(data[0]), unknown.model.eval()(data[0]), atol=1e-6)
 
 
+def test_a_plain_nn_sequential_is_rebuilt_from_its_childrens_arguments(tmp_path: Path) -> None:
+    data = blobs(64, seed=0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8, bias=False), torch.nn.BatchNorm1d(8),
+                                torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(8, 3))
+    result = torchkeep.fit(model, data, run_dir=str(tmp_path / "seq"), **SETTINGS)
+    spec = json.loads((tmp_path / "seq" / "model.json").read_text())["args"]
+    assert spec["import"] == "torch.nn.modules.container:Sequential"
+    children = spec["args"]["*"]
+    assert [child["import"].rsplit(":", 1)[1] for child in children] == [
+        "Flatten", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert children[1]["args"]["in_features"] == 16 and children[1]["args"]["bias"] is None  # bias=False
+    code = ("import torchkeep, torch; from safetensors.torch import load_file, save_file;"
+            f" p = torchkeep.load({str(tmp_path / 'seq')!r});"
+            f" save_file({{'out': p.predict(load_file({str(tmp_path / 'x.safetensors')!r})['x'])}}, 'out.safetensors')")
+    save_file({"x": data[0]}, tmp_path / "x.safetensors")
+    done = python(code, with_models=False, cwd=tmp_path)  # a process that knows only torch's classes
+    assert done.returncode == 0, done.stderr
+    with torch.no_grad():  # another process: its thread count may round the BatchNorm'd sums otherwise
+        assert torch.allclose(load_file(tmp_path / "out.safetensors")["out"], result.model.eval()(data[0]), atol=1e-6)
+
+
+def test_an_nn_sequential_with_a_child_that_cannot_be_rebuilt_keeps_its_weights(tmp_path: Path,
+                                                                               caplog: pytest.LogCaptureFixture) -> None:
+    data = blobs(64, seed=0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), Opaque(8))
+    with caplog.at_level(logging.WARNING, logger="torchkeep"):
+        result = torchkeep.fit(model, data, run_dir=str(tmp_path / "seq"), **SETTINGS)
+    assert "Opaque (child 1 of the nn.Sequential) cannot be rebuilt from plain values" in caplog.text
+    with pytest.raises(CheckpointError, match="does not record the constructor arguments of torch.nn.modules.container"):
+        torchkeep.load(result.bundle)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_torchscript_and_onnx_exports_match_the_model(trained, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")

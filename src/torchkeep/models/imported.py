@@ -13,6 +13,11 @@ Where the arguments come from, in order:
    names and shapes; a parameter taken from its default is named in a warning.
 When they cannot be known, the bundle records `args: null`: its weights are still there, and the
 class-free exports (TorchScript, torch.export, ONNX) run without the class.
+
+An `nn.Sequential` (built from modules, not from plain values) records its children instead, each as
+its own `{"import": ..., "args": ...}` found the same way (`nn.Linear(20, 8)` -> in_features 20,
+out_features 8), under the key "*": `nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 2))`
+is rebuilt where torch is, with no class of the user's.
 """
 
 from __future__ import annotations
@@ -63,14 +68,19 @@ def resolve(path: str) -> type:
     return found
 
 
+CHILDREN = "*"  # the args key of an nn.Sequential's children, each a {"import", "args"} spec
+
+
 def rebuild(spec: dict[str, Any]) -> nn.Module:
     """The model of a bundle's `{"import": ..., "args": ...}`, with freshly initialised weights."""
     if spec.get("args") is None:
         raise CheckpointError(f"the bundle does not record the constructor arguments of {spec['import']}, so it cannot"
                               f" be rebuilt (train it with torchkeep.fit(..., model_args={{...}})); {EXPORT_HINT}")
     cls = resolve(spec["import"])
+    args = dict(spec["args"])
+    children = [rebuild(child) for child in args.pop(CHILDREN, [])]
     try:
-        return cls(**spec["args"])
+        return cls(*children, **args)
     except TypeError as error:
         raise CheckpointError(f"{spec['import']}(**{json.dumps(spec['args'])}) fails: {error}") from None
 
@@ -93,7 +103,8 @@ def _rebuilds(model: nn.Module, args: dict[str, Any]) -> str | None:
     """None when `type(model)(**args)` has the trained model's tensor names and shapes, else why not."""
     try:
         with torch.device("meta"):
-            rebuilt = type(model)(**args)
+            rebuilt = rebuild({"import": import_path(type(model)), "args": args}) if CHILDREN in args \
+                else type(model)(**args)
     except Exception as error:  # noqa: BLE001 (the user's constructor: anything it raises means "not this way")
         return f"{type(model).__name__}(**{args}) raised {type(error).__name__}: {error}"
     if _shapes(rebuilt) != _shapes(model):
@@ -101,9 +112,29 @@ def _rebuilds(model: nn.Module, args: dict[str, Any]) -> str | None:
     return None
 
 
-def constructor_args(model: nn.Module, given: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The JSON constructor arguments that rebuild `model` (see the module docstring), or None."""
+def _sequential_args(model: nn.Sequential) -> dict[str, Any] | None:
+    """{"*": [child specs]} when every child is rebuildable from plain values, else None (and a warning)."""
+    children = []
+    for index, child in enumerate(model):
+        args = constructor_args(child, None, quiet=True)
+        if args is None or import_problem(type(child)):
+            log.warning("%s (child %d of the nn.Sequential) cannot be rebuilt from plain values: the bundle keeps its"
+                        " weights, and %s", type(child).__name__, index, EXPORT_HINT)
+            return None
+        children.append({"import": import_path(type(child)), "args": args})
+    args = {CHILDREN: children}
+    if problem := _rebuilds(model, args):
+        log.warning("the nn.Sequential cannot be rebuilt from its children (%s); %s", problem, EXPORT_HINT)
+        return None
+    return args
+
+
+def constructor_args(model: nn.Module, given: dict[str, Any] | None, *, quiet: bool = False) -> dict[str, Any] | None:
+    """The JSON constructor arguments that rebuild `model` (see the module docstring), or None.
+    `quiet`: no warnings (a child of an nn.Sequential, checked again as part of the whole)."""
     cls = type(model)
+    if given is None and cls is nn.Sequential:
+        return _sequential_args(model)
     name = cls.__name__
     signature = inspect.signature(cls.__init__)
     parameters = [p for p in list(signature.parameters.values())[1:]
@@ -132,12 +163,14 @@ def constructor_args(model: nn.Module, given: dict[str, Any] | None) -> dict[str
         else:
             unknown.append(parameter.name)
     problem = f"no value found for {', '.join(unknown)}" if unknown else _rebuilds(model, args)
+    if problem and quiet:
+        return None
     if problem:
         log.warning("the constructor arguments of %s are not known (%s): pass model_args={...} to torchkeep.fit so"
                     " that torchkeep.load can rebuild it; the bundle keeps its weights, and %s", name, problem,
                     EXPORT_HINT)
         return None
-    if assumed:
+    if assumed and not quiet:
         log.warning("%s: assuming the default value of %s (not found as attributes of the model); pass"
                     " model_args={...} to torchkeep.fit if it was built otherwise", name, ", ".join(assumed))
     return json.loads(json.dumps(args))
