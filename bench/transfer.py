@@ -28,7 +28,8 @@ backbone is the CNN's `features.*`. Another dataset is one function returning Pa
 
 Run: .venv/bin/python bench/transfer.py [--dataset flights] [--finetune-rows 1500] [--epochs 10] [--seeds 3]
      .venv/bin/python bench/transfer.py --dataset digits [--per-class 5] [--epochs 15] [--batch-size 16] [--lr 3e-3]
-         [--image-size 28] [--pool flatten]   (the digits resized, and the CNN's head on its whole last feature map)
+         [--image-size 28] [--pool flatten] [--sample-seed 0]   (the digits resized; the CNN's head on its
+         whole last feature map; another draw of which images fine-tune and validate)
      (either: [--unfreeze-at 3])
 """
 
@@ -149,7 +150,7 @@ def digits_parts(args: argparse.Namespace) -> Parts:
 
         images = np.stack([np.asarray(Image.fromarray(image).resize((args.image_size, args.image_size),
                                                                     Image.Resampling.BILINEAR)) for image in images])
-    order = np.random.default_rng(0).permutation(len(labels))  # fixed: every seed fine-tunes on the same images
+    order = np.random.default_rng(args.sample_seed).permutation(len(labels))  # every seed fine-tunes on the same images
     images, labels = images[order], labels[order]
     part_a = labels <= 4
     b_index = np.flatnonzero(~part_a)
@@ -194,6 +195,8 @@ def main() -> None:
     parser.add_argument("--finetune-rows", type=int, default=1_500, help="flights: training rows of part B (default 1500)")
     parser.add_argument("--per-class", type=int, default=5, help="digits: training images of each class 5-9 (default 5)")
     parser.add_argument("--image-size", type=int, help="digits: resize the 8x8 images to N x N (default: as they are)")
+    parser.add_argument("--sample-seed", type=int, default=0,
+                        help="digits: which images of 5-9 fine-tune and which validate (default 0)")
     parser.add_argument("--pool", choices=["avg", "flatten"], help="digits: the CNN's pooling before its head (default avg)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs, every variant (default: flights 10, digits 15)")
     parser.add_argument("--pretrain-epochs", type=int, help="(default: flights 3, digits 15)")
