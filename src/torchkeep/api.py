@@ -40,9 +40,8 @@ from torchkeep.models.build import build_model, loss_for_task, tabular_model_arg
 from torchkeep.models.tabular_transfer import level_aligner, read_init_from
 from torchkeep.models.vision_transfer import transfer_adapter
 from torchkeep.storage import open_storage
-from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model
+from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model, load_unfinished
 from torchkeep.track import Tracker, build_trackers, close_trackers
-from torchkeep.train.ema import ema_weights
 from torchkeep.train.loop import check_device, fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.train.progress import Progress
@@ -392,13 +391,7 @@ def load(path: str, *, device: str = "cpu") -> Predictor | TensorPredictor:
         schema = schema_from_dict(_read_json(storage, "schema.json", path))
         spec = _read_json(storage, "model.json", path)
         model = build_model(spec["architecture"], spec["args"])
-        restored = Checkpointer(storage).restore(model=model, restore_rng=False)
-        if restored is None:
-            raise CheckpointError(f"{path}: the run has no bundle and no valid checkpoint to load")
-        if (averaged := ema_weights(restored.extra)) is not None:  # trained with ema_decay: what it validated
-            model.load_state_dict(averaged)
-        log.warning("%s has no bundle (training did not finish); using checkpoint %s", path, restored.name)
-        meta = {"architecture": spec["architecture"], "checkpoint": restored.name}
+        meta = {"architecture": spec["architecture"], "checkpoint": load_unfinished(storage, model, path)}
     else:
         if "://" not in path and not Path(path).exists():
             raise DataError(f"{path}: no such run or bundle")

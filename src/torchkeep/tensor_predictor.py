@@ -143,12 +143,19 @@ def load_own_model(storage: Storage, path: str, device: torch.device | None = No
         return None
     spec = _read_json(storage, "model.json")
     model = build_model(ARCHITECTURE, spec["args"])
+    meta = {"architecture": ARCHITECTURE, "model_args": spec["args"], "preprocessor": spec["inputs"],
+            "task": spec.get("task"), "checkpoint": load_unfinished(storage, model, path)}
+    return TensorPredictor(model.to(device), meta, path)
+
+
+def load_unfinished(storage: Storage, model: nn.Module, path: str) -> str:
+    """For a run without a bundle (training did not finish): its newest valid checkpoint's weights into
+    `model` (their average, when it trained with ema_decay: what it validated), with a warning; the
+    checkpoint's name. One clear line when there is none."""
     restored = Checkpointer(storage).restore(model=model, restore_rng=False)
     if restored is None:
         raise CheckpointError(f"{path}: the run has no bundle and no valid checkpoint to load")
-    if (averaged := ema_weights(restored.extra)) is not None:  # trained with ema_decay: what it validated
+    if (averaged := ema_weights(restored.extra)) is not None:
         model.load_state_dict(averaged)
     log.warning("%s has no bundle (training did not finish); using checkpoint %s", path, restored.name)
-    meta = {"architecture": ARCHITECTURE, "model_args": spec["args"], "preprocessor": spec["inputs"],
-            "task": spec.get("task"), "checkpoint": restored.name}
-    return TensorPredictor(model.to(device), meta, path)
+    return restored.name
