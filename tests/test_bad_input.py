@@ -76,44 +76,7 @@ def test_unknown_target_column(train, flights_csv, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture(scope="module")
-def target_with_nulls(torchkeep, make_table, tmp_path_factory):
-    """`train` on a file whose target is null in every 7th row (first: row 0): (result, nulls in the file)."""
-    workdir = tmp_path_factory.mktemp("target-nulls")
-    table = make_table().with_columns(every_nth(7, None, "late"))
-    table.write_csv(workdir / "holes.csv")
-    result = torchkeep("train", "--data", "holes.csv", "--target", "late", "--epochs", 1, "--run-dir", "run",
-                       cwd=workdir)
-    return result, table.get_column("late").null_count()
-
-
-def test_target_with_nulls(target_with_nulls):
-    result, _ = target_with_nulls
-    line = assert_user_error(result, "holes.csv", "target column 'late'")
-    assert "null" in line
-
-
-def test_target_with_nulls_reports_rows_of_the_file(target_with_nulls):
-    result, nulls_in_file = target_with_nulls
-    line = result.stderr.strip()
-    assert f"{nulls_in_file} null value(s)" in line
-    assert re.search(r"first at row (\d+)", line).group(1) == "0"
-
-
-def test_column_that_is_all_null(train, make_table, tmp_path):
-    make_table().with_columns(runway=pl.lit(None, dtype=pl.String)).write_csv(tmp_path / "flights.csv")
-
-    line = assert_user_error(train("--data", "flights.csv", "--target", "late"), "flights.csv", "'runway'")
-    assert "null in every row" in line and "--drop runway" in line
-    assert not (tmp_path / "run").exists()
-
-
-def test_categorical_with_one_level(train, make_table, tmp_path):
-    make_table().with_columns(country=pl.lit("US")).write_csv(tmp_path / "flights.csv")
-
-    line = assert_user_error(train("--data", "flights.csv", "--target", "late"), "flights.csv", "'country'")
-    assert "'US'" in line and "--drop country" in line
-    assert not (tmp_path / "run").exists()
+# Null targets, all-null and single-value columns are not errors: tests/data/test_hygiene.py.
 
 
 def test_nan_in_continuous_column(train, make_table, tmp_path):

@@ -42,7 +42,8 @@ from torchkeep.models.vision_transfer import transfer_adapter
 from torchkeep.storage import open_storage
 from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model, load_unfinished
 from torchkeep.track import Tracker, build_trackers, close_trackers
-from torchkeep.train.loop import check_device, fit, predict_outputs, resolve_device
+from torchkeep.train.budget import table_budget
+from torchkeep.train.loop import TrainConfig, check_device, fit, predict_outputs, resolve_device
 from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.train.progress import Progress
 from torchkeep.train.state import TrainState, seed_everything
@@ -117,6 +118,54 @@ def _split(frame: pl.DataFrame, config: RunConfig) -> tuple[pl.DataFrame, pl.Dat
     return frame[order[n_valid:]], frame[order[:n_valid]]
 
 
+def _apply_budget(config: RunConfig, explicit: set[str], rows: int) -> tuple[RunConfig, str | None]:
+    """The step budget of train/budget.py for what the user left unset: batch size, epochs (from the
+    batch), and with many short epochs validation and checkpoints by steps and early stopping."""
+    defaults, chosen = TrainConfig(), explicit & {"epochs", "batch_size"}
+    set_in_code = (config.train.epochs, config.train.batch_size) != (defaults.epochs, defaults.batch_size)
+    if chosen == {"epochs", "batch_size"} or (not chosen and set_in_code):
+        return config, None  # the user's budget (flags, TOML, or a RunConfig built in Python)
+    budget = table_budget(rows, batch_size=config.train.batch_size if "batch_size" in explicit else None)
+    train_updates: dict[str, Any] = {"batch_size": budget.batch_size}
+    if "epochs" not in explicit:
+        train_updates["epochs"] = budget.epochs
+        if "early_stopping_patience" not in explicit:
+            train_updates["early_stopping_patience"] = budget.early_stopping_patience
+        if budget.valid_every_steps and not explicit & {"valid_every_steps", "valid_every_epoch"}:
+            train_updates.update(valid_every_steps=budget.valid_every_steps, valid_every_epoch=False)
+    checkpoint = config.checkpoint
+    if train_updates.get("valid_every_epoch") is False and not explicit & {"every_steps", "every_epoch"}:
+        checkpoint = dataclasses.replace(checkpoint, every_steps=budget.valid_every_steps, every_epoch=False)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train_updates), checkpoint=checkpoint)
+    return config, budget.describe(rows) if "epochs" not in explicit else None
+
+
+def _extend(storage: Any, run_dir: str, config: RunConfig, epochs: int, progress: Progress) -> RunConfig:
+    """A resumed run's config with a new epoch budget, saved; the loop rebuilds its schedule for it."""
+    done = 0
+    latest = Checkpointer(run_dir, async_save=False).list()
+    complete = [info for info in latest if info.status == "complete"]
+    if complete:
+        done = int(complete[-1].epoch or 0)
+    if epochs <= done:
+        raise ConfigError(f"{run_dir}: the run has trained {done} epoch(s); --epochs {epochs} must be more to extend it")
+    if epochs != config.train.epochs:
+        progress.message(f"extending {run_dir} from {config.train.epochs} to {epochs} epochs")
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+    _write_json(storage, "config.json", config.to_dict())
+    return config
+
+
+def _drop_null_targets(frame: pl.DataFrame, target: str | None) -> tuple[pl.DataFrame, int]:
+    """The rows with a target, and how many had none (a row without a label teaches nothing)."""
+    if target is None or target not in frame.columns:
+        return frame, 0
+    nulls = frame.get_column(target).null_count()
+    if nulls == frame.height:
+        raise DataError(f"target column '{target}' is null in every row; nothing to learn")
+    return (frame.filter(pl.col(target).is_not_null()), nulls) if nulls else (frame, 0)
+
+
 def _transform_splits(schema: TableSchema, train_frame: pl.DataFrame, valid_frame: pl.DataFrame,
                       config: RunConfig, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both splits as tensors for BatchLoader (text columns packed: batches padded to their own longest text)."""
@@ -170,6 +219,11 @@ def train(
     progress = progress or Progress(quiet=quiet)
     pretrained: Pretrained | None = None
     architecture = ARCHITECTURE
+    extend_to = overrides.pop("epochs", None) if resume is not None else None
+    if resume is not None and (overrides or target is not None or config is not None):
+        fixed = sorted(overrides) + (["target"] if target is not None else []) + (["config"] if config else [])
+        raise ConfigError(f"{resume}: a resumed run keeps its saved settings, and only epochs can change"
+                          f" (to train it further); cannot change: {', '.join(fixed)}")
     prepared = image_api.prepare(data, target=target, config=config, overrides=overrides, resume=resume, progress=progress)
     if prepared is not None:  # images: read, split and fitted there; trained by the same code below
         run_dir, storage, config, schema, architecture = (prepared.run_dir, prepared.storage, prepared.config,
@@ -177,8 +231,6 @@ def train(
         model_args, train_tensors, valid_tensors = prepared.model_args, prepared.train_tensors, prepared.valid_tensors
         pretrained = prepared.pretrained
     elif resume is not None:
-        if overrides or target is not None or config is not None:
-            raise ConfigError("a resumed run keeps its saved config; pass only the run directory (and data if it was a frame)")
         storage = open_storage(resume)
         if is_own_run(storage):
             raise ConfigError(f"{resume}: a run of your own model; continue it with torchkeep.fit(model, data,"
@@ -188,6 +240,7 @@ def train(
             progress.message(f"{resume}: the run stopped before training began; starting it from its saved config")
             return train(data, config=dataclasses.replace(config, run_dir=resume), quiet=quiet, progress=progress)
         frame, name, config = _load_data(config, data)
+        frame, _ = _drop_null_targets(frame, config.data.target)
         saved = _read_json(storage, "run.json", resume)["data"]
         found = _fingerprint(frame)
         if (saved["rows"], saved["columns"]) != (found["rows"], found["columns"]):
@@ -219,14 +272,26 @@ def train(
             raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with --resume {run_dir} or choose another --run-dir")
         config = dataclasses.replace(config, run_dir=run_dir)
         source = config.data.path or name
+        frame, null_targets = _drop_null_targets(frame, config.data.target)
         check_frame(frame, config.data.target, source)
         train_frame, valid_frame = _split(frame, config)
         schema = TableSchema.fit(
             train_frame, target=config.data.target, task=config.data.task, categorical=config.data.categorical,
             continuous=config.data.continuous, drop=config.data.drop, max_integer_levels=config.data.max_integer_levels,
             standardize_target=config.data.standardize_target, source=f"{source} (training split)",
+            scaling=config.data.scaling, numeric_encoding=config.data.numeric_encoding,
+            numeric_bins=config.data.numeric_bins,
             **(text_setup.fit_kwargs(config) if config.data.text_columns else {}),
         )
+        if null_targets:
+            schema.notes.insert(0, {"column": config.data.target, "action": "rows dropped",
+                                    "reason": f"{null_targets:,} row(s) with a null target"})
+        for line in schema.note_lines():
+            log.warning("%s: %s", source, line)
+        if not schema.text:
+            config, budget_line = _apply_budget(config, set(overrides) | config.explicit, train_frame.height)
+            if budget_line:
+                progress.message(budget_line)
         monitor, mode = DEFAULT_MONITOR[schema.target.task]
         train_config = dataclasses.replace(config.train, monitor=config.train.monitor or monitor,
                                            monitor_mode=config.train.monitor_mode or (mode if not config.train.monitor else None))
@@ -249,6 +314,8 @@ def train(
         _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": _fingerprint(frame)})
 
     assert schema.target is not None
+    if extend_to is not None:
+        config = _extend(storage, run_dir, config, extend_to, progress)
     if prepared is not None:  # from memory or streamed from files; augmented when configured
         train_loader, valid_loader = prepared.loaders(EVAL_BATCH_IMAGES)
     else:

@@ -33,6 +33,11 @@ class DataConfig:
     continuous: list[str] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
     max_integer_levels: int = 32  # integer columns with at most this many values are categorical
+    # Continuous columns: "robust" (median / IQR, smoothly clipped to +-3) or "standard" (mean / std)
+    # scaling, and "ple" (the scaled value plus `numeric_bins` piecewise-linear quantile bins) or "none".
+    scaling: str = "robust"
+    numeric_encoding: str = "ple"
+    numeric_bins: int = 16
     standardize_target: bool = True  # regression only
     # images (`path` a folder of class sub-folders, an idx folder, or a CSV of files and labels)
     image_dir: str | None = None  # where the CSV's file names point (default: the CSV's folder)
@@ -74,6 +79,12 @@ class DataConfig:
             raise ConfigError(f"data.valid_fraction must be in (0, 1) (got {self.valid_fraction})")
         if self.task not in (None, "binary", "multiclass", "regression"):
             raise ConfigError(f"data.task must be binary, multiclass or regression (got {self.task!r})")
+        if self.scaling not in ("robust", "standard"):
+            raise ConfigError(f"data.scaling must be robust or standard (got {self.scaling!r})")
+        if self.numeric_encoding not in ("ple", "none"):
+            raise ConfigError(f"data.numeric_encoding must be ple or none (got {self.numeric_encoding!r})")
+        if not 2 <= self.numeric_bins <= 256:
+            raise ConfigError(f"data.numeric_bins must be from 2 to 256 (got {self.numeric_bins})")
         if self.max_integer_levels < 0:
             raise ConfigError(f"data.max_integer_levels must be >= 0 (got {self.max_integer_levels})")
         if self.image_size is not None and (len(self.image_size) not in (1, 2) or min(self.image_size) < 1):

@@ -27,7 +27,9 @@ ARCHITECTURE = "text_table_mlp"
 # near zero, so the last epoch's weights need no best-epoch pick, and 98% of the rows can train
 # (the 2% held out only report a validation metric).
 TEXT_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "hidden_sizes": [32],
-                                       "text_weighting": "sqrt", "restore_best": False, "valid_fraction": 0.02}
+                                       "text_weighting": "sqrt", "restore_best": False, "valid_fraction": 0.02,
+                                       # numeric columns beside text as before the table defaults changed
+                                       "scaling": "standard", "numeric_encoding": "none"}
 
 
 def _field_default(cls: type, name: str) -> Any:

@@ -90,7 +90,14 @@ def test_class_free_export_runs_without_torchkeep(tiny_run, without_torchkeep, c
         ("categorical", "int64", ["batch", eager["categorical"].shape[1]]),
         ("continuous", "float32", ["batch", eager["continuous"].shape[1]]),
     ]
-    assert [c["name"] for c in spec["inputs"][1]["columns"]] == ["distance", "dep_delay", "temperature", "temperature is null"]
+    schema = json.loads((out / "schema.json").read_text())
+    expected = []
+    for column in schema["continuous"]:  # the scaled value, its piecewise-linear bins, its missing indicator
+        expected += [column["name"]] + [f"{column['name']} bin {t}" for t in range(len(column["edges"] or [1]) - 1)]
+        expected += [f"{column['name']} is null"] if column["missing_indicator"] else []
+    assert [c["name"] for c in spec["inputs"][1]["columns"]] == expected
+    assert [c["name"] for c in schema["continuous"]] == ["distance", "dep_delay", "temperature"]
+    assert all(c["scaling"] == "robust" and len(c["edges"]) > 3 for c in schema["continuous"])
     assert spec["output"]["shape"] == ["batch"] and spec["output"]["meaning"].startswith("logit of late = true")
     assert spec["parity"]["max_abs_diff"] <= TOLERANCE
     assert model_file.name in (out / "README.txt").read_text()
@@ -182,3 +189,25 @@ def test_export_to_s3(tiny_run, s3, capsys) -> None:
     assert status == 0, stderr
     keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix="sd/")["Contents"]}
     assert keys == {"sd/model.pth", "sd/schema.json", "sd/inputs.json", "sd/README.txt"}
+
+
+def test_the_numeric_encoding_can_be_written_from_schema_json_alone(tiny_run) -> None:
+    """What inputs.json tells another language to do (robust scaling, smooth clip, bins) gives the tensors."""
+    import numpy as np
+
+    schema = json.loads((tiny_run.run_dir / "schema.json").read_text())
+    frame = read_table(str(tiny_run.data))
+    columns = []
+    for c in schema["continuous"]:
+        raw = frame.get_column(c["name"]).cast(float).to_numpy()
+        missing = np.isnan(raw)
+        x = np.where(missing, c["median"], raw)
+        z = (x - c["center"]) / c["scale"]
+        columns.append(z / np.sqrt(1 + (z / 3) ** 2))
+        edges = c["edges"]
+        for low, high in zip(edges, edges[1:]):
+            columns.append(np.clip((x - low) / (high - low), 0, 1))
+        if c["missing_indicator"]:
+            columns.append(missing.astype(float))
+    eager = torch.load(tiny_run.eager, weights_only=True)
+    assert np.allclose(np.stack(columns, axis=1), eager["continuous"].numpy(), atol=1e-6)

@@ -135,6 +135,8 @@ def _bundle(storage: Storage, prefix: str) -> dict[str, Any]:
     metadata.update(target=target.get("name"), labels=target.get("labels") or None,
                     categorical=[c["name"] for c in schema.get("categorical", [])],
                     continuous=[c["name"] for c in schema.get("continuous", [])], model_args=meta.get("model_args"))
+    if schema.get("notes"):  # what fitting dropped or re-read (column hygiene)
+        metadata["notes"] = schema["notes"]
     return _report("bundle", files, ([problem] if problem else []) + problems, metadata, manifest is not None)
 
 
@@ -201,6 +203,8 @@ def _run(storage: Storage, uri: str) -> dict[str, Any]:
     schema = _json_file(storage, "schema.json") or {}
     metadata = {"status": run.get("status"), "valid_metrics": run.get("valid"), "architecture": model.get("architecture"),
                 "task": (schema.get("target") or {}).get("task"), "latest": latest}
+    if schema.get("notes"):
+        metadata["notes"] = [f"{n['column']}: {n['action']} ({n['reason']})" for n in schema["notes"]]
     return {
         "path": uri, "kind": "run", "valid": not problems, "problems": problems,
         "size_bytes": sum(c["size_bytes"] for c in checkpoints) + (bundle or {}).get("size_bytes", 0),

@@ -20,9 +20,9 @@ EPILOG = """examples:
   torchkeep train --data reviews.csv --target score --text-column review   # your own text column
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
-categorical, continuous, drop; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
+categorical, continuous, drop, scaling, numeric_encoding, numeric_bins; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
 [train] epochs, batch_size, seed, deterministic, grad_accum_steps, clip_grad_norm, early_stopping_patience,
-monitor, valid_every_steps, restore_best, ema_decay, log_every_steps; [train.optim] optimizer, lr,
+monitor, valid_every_steps, valid_every_epoch, restore_best, ema_decay, log_every_steps; [train.optim] optimizer, lr,
 weight_decay, schedule; [train.transfer] init_from, freeze, unfreeze_at, backbone_lr_mult,
 rename = {"old_prefix." = "new_prefix."}; [checkpoint] every_steps, keep_last, async;
 [track] trackers = ["tensorboard", "wandb"]. Images: [data] image_dir, image_size, channels, file_column,
@@ -59,7 +59,18 @@ def add_parser(commands: Any) -> None:
     data.add_argument("--valid-fraction", type=float, metavar="F", help="share of rows held out for validation (default 0.1)")
     data.add_argument("--categorical", action="append", metavar="COLS", help="force columns categorical (comma list)")
     data.add_argument("--continuous", action="append", metavar="COLS", help="force columns continuous (comma list)")
-    data.add_argument("--drop", action="append", metavar="COLS", help="ignore columns (comma list)")
+    data.add_argument("--drop", action="append", metavar="COLS", help="ignore columns (comma list). Dropped anyway,"
+                      " with a warning each: constant and all-null columns, and string columns with a distinct value"
+                      " in 90%% of rows (identifiers; --categorical COL keeps one); rows with a null target")
+    data.add_argument("--scaling", choices=["robust", "standard"],
+                      help="continuous columns: robust (default) = (x - median) / (IQR / 1.349), smoothly clipped to"
+                      " +-3 by z / sqrt(1 + (z/3)^2), so outliers cannot dominate; standard = (x - mean) / std")
+    data.add_argument("--numeric-encoding", choices=["ple", "none"],
+                      help="ple (default): each continuous column also gets piecewise-linear bins over its training"
+                      " quantiles (Gorishniy et al. 2022), one input per bin, so the first layer can bend the column's"
+                      " effect; none: the scaled value only")
+    data.add_argument("--numeric-bins", type=int, metavar="N", help="ple bins per continuous column (default 16;"
+                      " fewer where values repeat)")
     images = p.add_argument_group("images (--data DIR of class folders, an idx folder, or a CSV + --image-dir)")
     images.add_argument("--image-dir", metavar="DIR", help="folder the CSV's file names are relative to, local or s3://"
                         " (default: the CSV's folder)")
@@ -111,9 +122,15 @@ def add_parser(commands: Any) -> None:
     model.add_argument("--hidden-sizes", metavar="N,N", help="MLP widths (default 128,64; image mlp 512,512)")
     model.add_argument("--dropout", type=float, metavar="P", help="default 0 (image models 0.1)")
     training = p.add_argument_group("training")
-    training.add_argument("--epochs", type=int, metavar="N", help="default 3 (images 30)")
-    training.add_argument("--batch-size", type=int, metavar="N", help="default 1024 (images 64)")
-    training.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default 1e-2, images 3e-3; one-cycle)")
+    training.add_argument("--epochs", type=int, metavar="N",
+                          help="tables: default from the step budget, about 4,000 optimizer steps (at most 4M rows"
+                          " seen, at least 3 epochs), printed when the run starts; with many short epochs, validation"
+                          " ~40 times a run, early stop after 10 without improvement, best weights kept (images 30,"
+                          " text 5). With --resume RUN: train a run further")
+    training.add_argument("--batch-size", type=int, metavar="N",
+                          help="tables: default 2**round(log2(rows / 32)) within 32-1024, about 32 batches an epoch"
+                          " (images 64, text 64)")
+    training.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default 3e-3; text 1e-3; one-cycle)")
     training.add_argument("--optimizer", choices=["adamw", "adam", "sgd"])
     training.add_argument("--schedule", choices=["onecycle", "constant", "cosine"])
     training.add_argument("--weight-decay", type=float, metavar="X")
@@ -152,7 +169,12 @@ def add_parser(commands: Any) -> None:
     runs = p.add_argument_group("run directory and checkpoints")
     runs.add_argument("--run-dir", metavar="DIR", help="default: runs/<data>-<time>")
     runs.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
-                      help="continue a run from its newest valid checkpoint (RUN_DIR or --run-dir)")
+                      help="continue a run from its newest valid checkpoint (RUN_DIR or --run-dir), after a crash"
+                      " or to train a finished run further with --epochs N (more than it has trained): the"
+                      " learning-rate schedule is rebuilt for N epochs and continues from the step reached, so a"
+                      " constant schedule gives exactly the run that N epochs from the start would have given;"
+                      " one-cycle and cosine go on at the rate their N-epoch schedule has there. Other settings"
+                      " cannot change on resume")
     runs.add_argument("--checkpoint-every-steps", type=int, metavar="N", dest="every_steps",
                       help="also checkpoint every N optimizer steps (always at each epoch end)")
     runs.add_argument("--keep-last", type=int, metavar="K", help="checkpoints kept (default 3, plus the best)")
@@ -174,7 +196,8 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "async_save", "log_every_steps", "init_from", "unfreeze_at", "backbone_lr_mult", "image_dir", "file_column",
              "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
-             "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay", "pool")
+             "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay", "pool", "scaling",
+             "numeric_encoding", "numeric_bins")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,9 +234,12 @@ def run(args: argparse.Namespace) -> int:
         overrides.pop("run_dir", None)
         if run_dir is None:
             raise ConfigError("--resume needs the run directory: --resume RUN_DIR")
+        extend = {"epochs": overrides.pop("epochs")} if "epochs" in overrides else {}
         if overrides or args.config or args.target:
-            raise ConfigError("--resume continues a run with its saved config; pass no other settings")
-        result = torchkeep.train(resume=run_dir, quiet=args.quiet)
+            fixed = ", ".join("--" + k.replace("_", "-") for k in [*overrides, *(["target"] if args.target else [])])
+            raise ConfigError("--resume continues a run with its saved settings; only --epochs can change (to train"
+                              f" it further), not {fixed or 'a CONFIG file'}")
+        result = torchkeep.train(resume=run_dir, quiet=args.quiet, **extend)
     else:
         config = load_toml(args.config) if args.config else RunConfig()
         result = torchkeep.train(config=config, target=args.target, quiet=args.quiet, **overrides)

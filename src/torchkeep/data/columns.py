@@ -36,8 +36,11 @@ def sample(values: list[Any], limit: int = 5) -> str:
 
 
 def cast_column(frame: pl.DataFrame, name: str, kind: str, source: str, expected: str) -> pl.Series:
+    series = frame.get_column(name)
+    if kind == "float" and series.dtype == pl.String:  # numbers stored as text (TableSchema.fit reads them so)
+        series = series.str.strip_chars()
     try:
-        return frame.get_column(name).cast(CASTS[kind], strict=True)
+        return series.cast(CASTS[kind], strict=True)
     except (pl.exceptions.PolarsError, TypeError) as error:
         found = frame.schema[name]
         raise DataError(
@@ -75,16 +78,35 @@ def small_codes(series: pl.Series, codes: dict[Any, int]) -> np.ndarray:
     return np.fromiter((codes.get(value, 0) for value in series.to_list()), np.int64, len(series))
 
 
+def encode_continuous(filled: np.ndarray, column: ContinuousColumn) -> list[np.ndarray]:
+    """The model inputs of one continuous column from its values (float64, nulls already filled with the
+    median): the scaled value, then its piecewise-linear bins where the column has bin edges. The one
+    definition, for frames of any size (TableSchema.transform) and for small frames."""
+    if column.scaling == "robust":  # median / IQR, then smoothly clipped to (-3, 3): outliers cannot dominate
+        z = (filled - column.center) / column.scale
+        z = z / np.sqrt(1.0 + (z / 3.0) ** 2)
+    else:
+        z = (filled - column.mean) / column.std
+    out = [z.astype(np.float32)]
+    if column.edges:
+        edges = np.asarray(column.edges, dtype=np.float64)
+        # Bin t holds (x - edge_t) / (edge_t+1 - edge_t) clipped to [0, 1]: 1 for every bin below x, the
+        # position within x's bin, 0 above (Gorishniy et al. 2022, piecewise-linear encoding).
+        bins = (filled[:, None] - edges[None, :-1]) / np.diff(edges)[None, :]
+        out.extend(np.clip(bins, 0.0, 1.0).astype(np.float32).T)
+    return out
+
+
 def small_continuous(series: pl.Series, column: ContinuousColumn) -> list[np.ndarray] | None:
-    """The standardized column (and its missing indicator), or None for the polars path: a column
-    that needs a cast, or holds NaN/inf (whose error message that path writes)."""
+    """The encoded column (and its missing indicator), or None for the polars path: a column that
+    needs a cast, or holds NaN/inf (whose error message that path writes)."""
     if not (series.dtype.is_float() or series.dtype.is_integer()):
         return None
     values = series.to_list()
     if any(value is not None and not math.isfinite(value) for value in values):
         return None
     filled = np.array([column.median if value is None else value for value in values], dtype=np.float64)
-    out = [((filled - column.mean) / column.std).astype(np.float32)]
+    out = encode_continuous(filled, column)
     if column.missing_indicator:
         out.append(np.array([value is None for value in values], dtype=np.float32))
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ def as_frame(data: Any, what: str = "data") -> pl.DataFrame:
     if isinstance(data, pl.LazyFrame):
         return data.collect()
     if type(data).__module__.startswith("pandas"):
+        names = [str(c) for c in data.columns]
+        _check_unique(names, what)
         return pl.from_pandas(data)
     if isinstance(data, dict):
         return pl.DataFrame(data)
@@ -51,9 +54,20 @@ def read_table(path: str) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"{path}: cannot read as {kind}: {first}") from error
+    if kind == "csv":  # polars renames a repeated header name to NAME_duplicated_N
+        _check_unique([re.sub(r"_duplicated_\d+$", "", c) if re.sub(r"_duplicated_\d+$", "", c) in frame.columns
+                       else c for c in frame.columns], path)
     if frame.height == 0 or frame.width == 0:
         raise DataError(f"{path}: the table is empty ({frame.height} rows, {frame.width} columns)")
     return frame
+
+
+def _check_unique(names: list[str], what: str) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        shown = ", ".join(f"'{n}' ({names.count(n)} times)" for n in repeated[:5])
+        raise DataError(f"{what}: column name(s) {shown} appear more than once; rename them so each column"
+                        " has its own name")
 
 
 def write_table(frame: pl.DataFrame, path: str) -> None:

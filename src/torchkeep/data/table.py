@@ -30,6 +30,7 @@ from torchkeep.data.columns import (
     kind_of,
     needs_no_cast,
     sample,
+    encode_continuous,
     small_codes,
     small_continuous,
 )
@@ -53,6 +54,14 @@ class CategoricalColumn:
         return len(self.levels) + 1
 
 
+SCALINGS = ("robust", "standard")
+NUMERIC_ENCODINGS = ("ple", "none")
+# A string column with a distinct value in at least this share of its non-null rows (and at least
+# ID_MIN_ROWS of them) is an identifier: it cannot generalize to new rows, so it is dropped.
+ID_UNIQUE_SHARE = 0.9
+ID_MIN_ROWS = 20
+
+
 @dataclass
 class ContinuousColumn:
     name: str
@@ -60,6 +69,19 @@ class ContinuousColumn:
     mean: float
     std: float
     missing_indicator: bool
+    # "standard": (x - mean) / std; "robust": (x - center) / scale with center the median and scale
+    # IQR / 1.349 (the std of a normal column; std where the IQR is 0), then smoothly clipped to
+    # (-3, 3) by z / sqrt(1 + (z / 3)^2). Schemas saved before these fields load as "standard".
+    scaling: str = "standard"
+    center: float = 0.0
+    scale: float = 1.0
+    # Piecewise-linear encoding: quantile bin edges of the training values; each bin adds one input.
+    edges: list[float] | None = None
+
+    @property
+    def width(self) -> int:
+        """Model inputs of this column: the scaled value, one per bin, and the missing indicator."""
+        return 1 + (len(self.edges) - 1 if self.edges else 0) + self.missing_indicator
 
 
 @dataclass
@@ -92,11 +114,14 @@ class TableSchema:
         continuous: list[ContinuousColumn],
         target: TargetSpec | None,
         text: list[TextColumn] | None = None,
+        notes: list[dict[str, str]] | None = None,
     ) -> None:
         self.categorical = categorical
         self.continuous = continuous
         self.target = target
         self.text = text or []  # text columns (data/text.py): token ids, in `transform`'s "text"
+        # What fitting did to columns beyond encoding them: {"column", "action", "reason"} each
+        self.notes = notes or []
         self._level_codes: dict[str, dict[Any, int]] = {}  # per categorical column, built on first use
 
     def _codes(self, column: CategoricalColumn) -> dict[Any, int]:
@@ -128,7 +153,12 @@ class TableSchema:
         distinct_tokens: bool = False,
         char_ngrams: int = 0,
         tokenizer: str | None = None,
+        scaling: str = "standard",
+        numeric_encoding: str = "none",
+        numeric_bins: int = 16,
     ) -> TableSchema:
+        """Also the column hygiene a user expects: constant, all-null and identifier columns are dropped,
+        numbers stored as strings are read as numbers; each is recorded in `notes` (one line a column)."""
         if frame.height == 0:
             raise DataError(f"{source}: the training split is empty")
         for option, names in (("--categorical", categorical), ("--continuous", continuous), ("--drop", drop),
@@ -158,16 +188,27 @@ class TableSchema:
             if len(column.vocab) == 2:
                 raise DataError(f"{source}: text column '{column.name}' has no word seen {min_freq} or more times;"
                                 " lower --min-freq or check the column")
+        if scaling not in SCALINGS:
+            raise DataError(f"scaling must be one of {', '.join(SCALINGS)} (got {scaling!r})")
+        if numeric_encoding not in NUMERIC_ENCODINGS:
+            raise DataError(f"numeric_encoding must be one of {', '.join(NUMERIC_ENCODINGS)} (got {numeric_encoding!r})")
         target_spec = cls._fit_target(frame, target, task, standardize_target, source)
         cat_columns: list[CategoricalColumn] = []
         cont_columns: list[ContinuousColumn] = []
+        notes: list[dict[str, str]] = []
         for name in frame.columns:
             if name == target or name in drop or name in text:
                 continue
             column = frame.get_column(name)
             kind = kind_of(column.dtype)
-            if column.null_count() == frame.height:
-                raise DataError(f"{source}: column '{name}' is null in every row; drop it with --drop {name}")
+            reason = _uninformative(column, kind, frame.height, named=name in categorical)
+            if reason is not None:
+                notes.append({"column": name, "action": "dropped", "reason": reason})
+                continue
+            if kind == "string" and name not in categorical and (parsed := _as_numbers(column)) is not None:
+                notes.append({"column": name, "action": "read as numbers",
+                              "reason": "every non-null value is a number stored as text"})
+                column, kind = parsed, "float"
             if name in categorical:
                 as_categorical = True
             elif name in continuous:
@@ -186,10 +227,12 @@ class TableSchema:
             if as_categorical:
                 cat_columns.append(cls._fit_categorical(column, kind or "string", source))
             else:
-                cont_columns.append(cls._fit_continuous(column, source))
+                cont_columns.append(cls._fit_continuous(column, source, scaling,
+                                                        numeric_bins if numeric_encoding == "ple" else 0))
         if not cat_columns and not cont_columns and not text_columns:
-            raise DataError(f"{source}: no feature columns left besides the target '{target}'")
-        return cls(cat_columns, cont_columns, target_spec, text_columns)
+            dropped = f" ({len(notes)} dropped: {sample([n['column'] for n in notes])})" if notes else ""
+            raise DataError(f"{source}: no feature columns left besides the target '{target}'{dropped}")
+        return cls(cat_columns, cont_columns, target_spec, text_columns, notes)
 
     @staticmethod
     def _fit_categorical(column: pl.Series, kind: str, source: str) -> CategoricalColumn:
@@ -198,27 +241,28 @@ class TableSchema:
         values = column.cast(CASTS[kind]).drop_nulls().alias("level")
         counts = values.value_counts(sort=False, name="n").sort(["n", "level"], descending=[True, False])
         levels = counts.get_column("level").to_list()
-        if len(levels) == 1 and column.null_count() == 0:
-            raise DataError(
-                f"{source}: column '{column.name}' has a single value ({levels[0]!r}) in every row,"
-                f" so it carries no information; drop it with --drop {column.name}"
-            )
         return CategoricalColumn(name=column.name, kind=kind, levels=levels, has_nulls=column.null_count() > 0)
 
     @staticmethod
-    def _fit_continuous(column: pl.Series, source: str) -> ContinuousColumn:
+    def _fit_continuous(column: pl.Series, source: str, scaling: str = "standard", bins: int = 0) -> ContinuousColumn:
         values = column.cast(pl.Float64)
         check_finite(values, column.name, source)
         present = values.drop_nulls()
         median = float(present.median())
         filled = values.fill_null(median)
         mean, std = float(filled.mean()), float(filled.std(ddof=0))
-        if not std > 0:
-            raise DataError(
-                f"{source}: column '{column.name}' has the same value ({median:g}) in every row,"
-                f" so it carries no information; drop it with --drop {column.name}"
-            )
-        return ContinuousColumn(column.name, median, mean, std, missing_indicator=column.null_count() > 0)
+        std = std if std > 0 else 1.0  # one value and some nulls: only the missing indicator informs
+        iqr = float(present.quantile(0.75, "linear") - present.quantile(0.25, "linear"))
+        scale = iqr / 1.349 if iqr > 0 else std
+        edges = None
+        if bins > 1:
+            # Quantile edges of the distinct values' distribution; fewer bins where values repeat. A column
+            # of two values gains nothing from bins (its scaled value says it all).
+            quantiles = np.quantile(present.to_numpy(), np.linspace(0.0, 1.0, bins + 1))
+            unique = np.unique(quantiles)
+            edges = [float(e) for e in unique] if len(unique) >= 3 else None
+        return ContinuousColumn(column.name, median, mean, std, missing_indicator=column.null_count() > 0,
+                                scaling=scaling, center=median, scale=scale, edges=edges)
 
     @staticmethod
     def _fit_target(frame: pl.DataFrame, name: str, task: str | None, standardize: bool, source: str) -> TargetSpec:
@@ -279,7 +323,10 @@ class TableSchema:
 
     @property
     def n_continuous_inputs(self) -> int:
-        return len(self.continuous) + sum(c.missing_indicator for c in self.continuous)
+        return sum(c.width for c in self.continuous)
+
+    def note_lines(self) -> list[str]:
+        return [f"column '{n['column']}' {n['action']}: {n['reason']}" for n in self.notes]
 
     def transform(self, frame: pl.DataFrame, *, with_target: bool = True, source: str = "data",
                   packed_text: bool = False) -> dict[str, Any]:
@@ -318,12 +365,9 @@ class TableSchema:
                 continue
             values = cast_column(frame, column.name, "float", source, "numbers")
             check_finite(values, column.name, source)
+            inputs.extend(encode_continuous(values.fill_null(column.median).to_numpy(), column))
             if column.missing_indicator:
-                indicator = values.is_null().cast(pl.Float32).to_numpy()
-            standardized = ((values.fill_null(column.median) - column.mean) / column.std).cast(pl.Float32)
-            inputs.append(standardized.to_numpy())
-            if column.missing_indicator:
-                inputs.append(indicator)
+                inputs.append(values.is_null().cast(pl.Float32).to_numpy())
         out["continuous"] = torch.from_numpy(
             np.ascontiguousarray(np.stack(inputs, axis=1)) if inputs else np.zeros((frame.height, 0), np.float32)
         )
@@ -393,6 +437,8 @@ class TableSchema:
         }
         if self.text:  # only then: a schema without text columns keeps its earlier format
             data["text"] = [c.to_dict() for c in self.text]
+        if self.notes:
+            data["notes"] = self.notes
         return data
 
     def to_json(self) -> str:
@@ -405,6 +451,7 @@ class TableSchema:
             [ContinuousColumn(**c) for c in data["continuous"]],
             TargetSpec(**data["target"]) if data.get("target") else None,
             [TextColumn.from_dict(c) for c in data.get("text", [])],
+            data.get("notes"),
         )
 
     @classmethod
@@ -421,7 +468,38 @@ class TableSchema:
             + [{"name": c.name, "type": "continuous", "nullable": True} for c in self.continuous]
             + [{"name": c.name, "type": "text", "vocabulary": len(c.vocab), "max_tokens": c.max_tokens}
                for c in self.text],
+            "dropped": [n["column"] for n in self.notes if n["action"] == "dropped"],
             "target": self.target.name if self.target else None,
             "task": self.target.task if self.target else None,
             "labels": self.target.labels if self.target and self.target.labels else None,
         }
+
+
+def _uninformative(column: pl.Series, kind: str | None, rows: int, *, named: bool) -> str | None:
+    """Why a feature column cannot help any model (it is dropped), or None."""
+    nulls = column.null_count()
+    if nulls == rows:
+        return "null in every row"
+    if kind is None:
+        return None  # an unsupported type: fit's own error names it
+    distinct = column.n_unique() - (nulls > 0)
+    if distinct == 1 and nulls == 0:
+        return f"the same value ({column.drop_nulls()[0]!r}) in every row"
+    present = rows - nulls
+    if kind == "string" and not named and present >= ID_MIN_ROWS and distinct >= ID_UNIQUE_SHARE * present:
+        if _as_numbers(column) is None:
+            return (f"{distinct:,} distinct values in {present:,} rows, an identifier that cannot generalize"
+                    f" (--categorical {column.name} keeps it)")
+    return None
+
+
+def _as_numbers(column: pl.Series) -> pl.Series | None:
+    """A string column as Float64 when every non-null value parses as a finite number, else None."""
+    if column.dtype != pl.String:  # a polars Categorical / Enum says what its values are
+        return None
+    parsed = column.str.strip_chars().cast(pl.Float64, strict=False)
+    if parsed.null_count() != column.null_count() or column.null_count() == len(column):
+        return None
+    if bool((parsed.is_nan() | parsed.is_infinite()).any()):
+        return None
+    return parsed

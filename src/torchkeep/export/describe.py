@@ -33,8 +33,17 @@ def _categorical_columns(schema: TableSchema) -> list[dict[str, Any]]:
 def _continuous_columns(schema: TableSchema) -> list[dict[str, Any]]:
     columns: list[dict[str, Any]] = []
     for c in schema.continuous:
-        columns.append({"index": len(columns), "name": c.name, "median": c.median, "mean": c.mean, "std": c.std,
-                        "encoding": "(value - mean) / std, a null taking the median as its value"})
+        if c.scaling == "robust":
+            columns.append({"index": len(columns), "name": c.name, "median": c.median, "center": c.center,
+                            "scale": c.scale, "encoding": "z = (value - center) / scale, then z / sqrt(1 + (z / 3)**2),"
+                                                          " a null taking the median as its value"})
+        else:
+            columns.append({"index": len(columns), "name": c.name, "median": c.median, "mean": c.mean, "std": c.std,
+                            "encoding": "(value - mean) / std, a null taking the median as its value"})
+        for t, (low, high) in enumerate(zip(c.edges or [], (c.edges or [])[1:])):
+            columns.append({"index": len(columns), "name": f"{c.name} bin {t}", "from": low, "to": high,
+                            "encoding": f"(value - {low!r}) / ({high!r} - {low!r}) clipped to [0, 1], a null taking"
+                                        " the median as its value"})
         if c.missing_indicator:
             columns.append({"index": len(columns), "name": f"{c.name} is null",
                             "encoding": f"1.0 where {c.name} is null, else 0.0"})

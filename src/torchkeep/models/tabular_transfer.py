@@ -76,7 +76,8 @@ def _inputs(schema: TableSchema, dims: list[int]) -> dict[tuple[str, str], tuple
     for column, dim in zip(schema.categorical, dims, strict=True):
         layout["embedding", column.name], offset = (offset, dim), offset + dim
     for column in schema.continuous:
-        layout["value", column.name], offset = (offset, 1), offset + 1
+        values = column.width - column.missing_indicator  # the scaled value and its bins (edges differ: skipped)
+        layout["value", column.name], offset = (offset, values), offset + values
         if column.missing_indicator:
             layout["missing", column.name], offset = (offset, 1), offset + 1
     return layout

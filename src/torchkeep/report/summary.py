@@ -30,6 +30,7 @@ class RunSummary:
     train: list[dict[str, Any]] = field(default_factory=list)  # train events by step (a resume's repeats dropped)
     valid: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)  # run.json: the metrics the run ended with
+    columns: list[str] = field(default_factory=list)  # schema.json notes: columns dropped or re-read, and why
 
     @property
     def epochs(self) -> int | None:
@@ -110,6 +111,7 @@ def summarize_run(run_dir: str, *, require_metrics: bool = True) -> RunSummary:
         task=target.get("task") or (config.get("data") or {}).get("task"), target=target.get("name"),
         created_at=run.get("created_at"), seconds=run.get("seconds"), monitor=monitor, higher=higher,
         train=_by_step(records, "train"), valid=_by_step(records, "valid"), final=run.get("valid") or {},
+        columns=[f"`{n['column']}` {n['action']}: {n['reason']}" for n in schema.get("notes", [])],
     )
 
 
@@ -181,6 +183,8 @@ def summary_markdown(summary: RunSummary, images: list[tuple[str, str]], notes: 
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {name} | {', '.join(map(str, value)) if isinstance(value, list) else value} |"
               for name, value in config_highlights(s.config)]
+    if s.columns:
+        lines += ["", "## Columns", "", "What fitting did besides encoding them:", ""] + [f"- {c}" for c in s.columns]
     lines += ["", "## Plots", ""]
     lines += [f"![{title}]({file})" for title, file in images]
     if notes:

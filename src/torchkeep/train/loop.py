@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterable, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,7 +37,8 @@ class TrainConfig:
     batch_size: int = 1024
     grad_accum_steps: int = 1
     clip_grad_norm: float | None = None
-    valid_every_steps: int | None = None  # validation also runs at every epoch end
+    valid_every_steps: int | None = None  # validation also runs at every epoch end (unless valid_every_epoch is off)
+    valid_every_epoch: bool = True  # False: validate every valid_every_steps and after the last step only
     early_stopping_patience: int | None = None  # validations without improvement before stopping
     monitor: str | None = None  # metric early stopping and best-k watch; None: per task
     monitor_mode: str | None = None  # "min" | "max"; None: from the metric's name
@@ -74,6 +76,8 @@ class TrainConfig:
                               f" 1 / (1 - decay) steps are averaged), or None for no average (got {self.ema_decay})")
         if self.monitor_mode not in (None, "min", "max"):
             raise ConfigError(f"monitor_mode must be min or max (got {self.monitor_mode!r})")
+        if not self.valid_every_epoch and self.valid_every_steps is None:
+            raise ConfigError("valid_every_epoch = false needs valid_every_steps (validation every N steps)")
         if self.transfer.unfreeze_at is not None and self.transfer.unfreeze_at > self.epochs:
             raise ConfigError(f"unfreeze_at {self.transfer.unfreeze_at} is after the last epoch ({self.epochs});"
                               " choose an epoch from 2 to epochs")
@@ -155,6 +159,24 @@ def evaluate(model: nn.Module, loss_fn: Callable[..., torch.Tensor], loader: Ite
     return metrics
 
 
+def extend_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, state: TrainState,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A resumed run given another number of epochs: the schedule is rebuilt for the new total and moved
+    to the step the run has reached, so the rest of the run follows the schedule of a run started with
+    the new budget (identical to one with a constant schedule; one-cycle and cosine resume at the
+    learning rate the longer schedule has at that step). Early stopping starts counting again."""
+    for group in optimizer.param_groups:  # each group's configured rate, as when a run starts
+        group["lr"] = group.get("max_lr", group.get("initial_lr", group["lr"]))  # one-cycle's peak; cosine's base
+    scheduler = build_scheduler(config.optim, optimizer, steps_per_epoch * config.epochs)
+    if scheduler is not None:
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no update is due here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(state.step):
+                scheduler.step()
+    state.epochs, state.stopped_early, state.bad_evaluations = config.epochs, False, 0
+    return scheduler
+
+
 def fit(
     model: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
@@ -214,6 +236,8 @@ def fit(
                                         step=step)
         if restored is not None:
             state = TrainState.from_dict(restored.extra["train_state"])
+            if state.epochs != config.epochs:  # extended (or shortened) on resume: see extend_schedule
+                scheduler = extend_schedule(config, optimizer, state, steps_per_epoch)
             if average is not None:
                 average.load_state_dict(restored.extra.get("ema"), f"{checkpointer.storage.uri}/{restored.name}")
             progress.message(f"resumed from {restored.name} (epoch {train_loader.epoch + 1}, "
@@ -278,11 +302,16 @@ def fit(
         transfer.hold_frozen_norms()
 
     train_mode()
+    per_epoch = config.valid_every_epoch  # else many short epochs: one bar, a line per validation
+    if not per_epoch:
+        progress.start_run(state.epochs, batches_per_epoch * state.epochs,
+                           done=train_loader.epoch * batches_per_epoch + train_loader.position)
     while train_loader.epoch < state.epochs and not state.stopped_early:
         if unfrozen := transfer.maybe_unfreeze(train_loader.epoch, optimizer, scheduler):
             progress.message(f"epoch {train_loader.epoch + 1}: unfroze {len(unfrozen)} parameter tensor(s)"
                              f" ({', '.join(unfrozen[:4])}{', ...' if len(unfrozen) > 4 else ''})")
-        progress.start_epoch(train_loader.epoch, state.epochs, batches_per_epoch, done=train_loader.position)
+        if per_epoch:
+            progress.start_epoch(train_loader.epoch, state.epochs, batches_per_epoch, done=train_loader.position)
         started = time.perf_counter()
         window_loss, window_batches, window_rows, window_start = torch.zeros((), device=device), 0, 0, started
         for batch in train_loader:
@@ -322,6 +351,9 @@ def fit(
                 window_batches, window_rows, window_start = 0, 0, now
             if config.valid_every_steps and state.step % config.valid_every_steps == 0:
                 validate()
+                if not per_epoch:
+                    progress.validated(state.step, steps_per_epoch * state.epochs, train_loader.epoch + 1,
+                                       state.last_valid)
                 if state.stopped_early:
                     break
             if checkpoint_every_steps and state.step % checkpoint_every_steps == 0 and position < batches_per_epoch:
@@ -331,11 +363,17 @@ def fit(
         state.train_seconds += time.perf_counter() - started
         if window_batches:
             progress.update(0, loss=(window_loss / window_batches).item())
-        if not (config.valid_every_steps and state.step % config.valid_every_steps == 0):
+        last = train_loader.epoch >= state.epochs
+        if not (config.valid_every_steps and state.step % config.valid_every_steps == 0) and (per_epoch or last):
             validate()
-        progress.end_epoch({f"valid_{k}": v for k, v in state.last_valid.items()} or None)
-        if checkpoint_every_epoch or state.stopped_early or train_loader.epoch >= state.epochs:
+            if not per_epoch:
+                progress.validated(state.step, steps_per_epoch * state.epochs, train_loader.epoch, state.last_valid)
+        if per_epoch:
+            progress.end_epoch({f"valid_{k}": v for k, v in state.last_valid.items()} or None)
+        if checkpoint_every_epoch or state.stopped_early or last:
             save()
+    if not per_epoch:
+        progress.end_run()
     if checkpointer is not None:
         checkpointer.wait()
     if not (restore_best and state.best_step is not None and state.best_step != state.step):

@@ -22,7 +22,27 @@ class Progress:
         self._task: Any = None
         self._last_valid = ""  # shown on the next epoch's bar until the next validation
 
-    def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
+    def start_run(self, epochs: int, batches: int, done: int = 0) -> None:
+        """One bar over a whole run of many short epochs (validated by steps, not per epoch)."""
+        self.start_epoch(0, epochs, batches, done, label=f"{epochs} epochs")
+
+    def validated(self, step: int, steps: int, epoch: int, valid: dict[str, float]) -> None:
+        """A validation inside a run-long bar: shown on the bar, or one line without a terminal."""
+        self._last_valid = _format(valid)
+        if self._bar is not None:
+            self._bar.update(self._task, valid=self._last_valid)
+            return
+        if not self.quiet:
+            elapsed = time.perf_counter() - self._started
+            print(f"step {step}/{steps} (epoch {epoch})  loss {self._last_loss:.4f}  {self._last_valid}"
+                  f"  {elapsed:.1f} s", file=self.stream, flush=True)
+
+    def end_run(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0, label: str | None = None) -> None:
         self._epoch, self._epochs = epoch, epochs
         self._started, self._rows = time.perf_counter(), 0
         self._last_loss = float("nan")
@@ -44,7 +64,7 @@ class Progress:
             )
             self._bar.start()
             self._task = self._bar.add_task(
-                "train", total=batches, completed=done, epoch=f"{epoch + 1}/{epochs}", rate="-", loss="-",
+                "train", total=batches, completed=done, epoch=label or f"{epoch + 1}/{epochs}", rate="-", loss="-",
                 valid=self._last_valid,
             )
 

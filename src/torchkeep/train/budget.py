@@ -1,0 +1,55 @@
+"""The training budget of a table run, counted in optimizer steps and derived from the row count.
+
+A fixed number of epochs is the wrong unit for tables: 3 epochs of batch 1024 are 3 optimizer steps
+on a 1k-row table and 700 on a 250k-row one. So a table run without --epochs / --batch-size gets
+
+    batch  = 2 ** round(log2(rows / 32)), clipped to [32, 1024]   (about 32 batches an epoch)
+    steps  = TARGET_STEPS, but at most MAX_ROWS_SEEN / batch       (the time cap, in rows seen)
+    epochs = ceil(steps / batches per epoch), at least MIN_EPOCHS
+
+with validation about VALIDATIONS times a run (each epoch when epochs are few, else every
+steps / VALIDATIONS steps), early stopping after PATIENCE validations without improvement, and the
+weights of the best validation restored at the end. The learning-rate schedule is sized by the
+run's steps, so it decays to its end whatever the table's size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+TARGET_STEPS = 4000
+MAX_ROWS_SEEN = 4_000_000  # the time cap: ~4M rows through the model (about 30-60 s on 2 CPU cores)
+MIN_BATCH, MAX_BATCH = 32, 1024
+MIN_EPOCHS = 3
+VALIDATIONS = 40
+PATIENCE = 10  # validations: a quarter of a run without a better validation ends it
+
+
+@dataclass(frozen=True)
+class Budget:
+    batch_size: int
+    epochs: int
+    steps: int  # optimizer steps the epochs give
+    valid_every_steps: int | None  # None: validate at each epoch end
+    early_stopping_patience: int
+
+    def describe(self, rows: int) -> str:
+        cadence = (f"validation every {self.valid_every_steps} steps" if self.valid_every_steps
+                   else "validation each epoch")
+        return (f"budget: {self.steps:,} steps = {self.epochs} epoch(s) of {math.ceil(rows / self.batch_size)} batches"
+                f" of {self.batch_size} ({rows:,} rows); {cadence}, early stop after {self.early_stopping_patience}"
+                " without improvement, best weights kept")
+
+
+def table_budget(rows: int, batch_size: int | None = None) -> Budget:
+    """The rule in the module docstring, for `rows` training rows (and a batch size the user chose)."""
+    rows = max(rows, 1)
+    batch = batch_size or min(MAX_BATCH, max(MIN_BATCH, 2 ** round(math.log2(max(rows / 32, 1)))))
+    per_epoch = math.ceil(rows / batch)
+    steps = min(TARGET_STEPS, MAX_ROWS_SEEN // batch)
+    epochs = max(MIN_EPOCHS, math.ceil(steps / per_epoch))
+    steps = epochs * per_epoch
+    valid_every = math.ceil(steps / VALIDATIONS) if epochs > VALIDATIONS else None
+    return Budget(batch_size=batch, epochs=epochs, steps=steps, valid_every_steps=valid_every,
+                  early_stopping_patience=PATIENCE)

@@ -1,0 +1,127 @@
+"""Column hygiene as a user meets it: what cannot help a model is dropped with one warning line each,
+recorded in the schema (and so in `torchkeep inspect` and the run summary), never silently wrong."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import polars as pl
+import pytest
+
+from torchkeep.data.io import as_frame, read_table
+from torchkeep.data.table import TableSchema
+from torchkeep.errors import DataError
+
+
+def test_constant_and_all_null_columns_are_dropped_and_recorded(make_table):
+    frame = make_table().with_columns(country=pl.lit("US"), runway=pl.lit(None, dtype=pl.String),
+                                      altitude=pl.lit(3.0))
+    schema = TableSchema.fit(frame, target="late")
+    assert {"country", "runway", "altitude"}.isdisjoint(schema.feature_names)
+    reasons = {n["column"]: n["reason"] for n in schema.notes if n["action"] == "dropped"}
+    assert reasons["runway"] == "null in every row"
+    assert "'US'" in reasons["country"] and "3.0" in reasons["altitude"]
+    assert TableSchema.from_json(schema.to_json()).notes == schema.notes
+    assert schema.describe()["dropped"] == ["country", "runway", "altitude"]
+
+
+def test_a_single_value_with_nulls_is_kept_for_its_missing_indicator(make_table):
+    frame = make_table(rows=40).with_columns(flag=pl.Series([1.0 if i % 2 else None for i in range(40)]))
+    schema = TableSchema.fit(frame, target="late")
+    flag = next(c for c in schema.continuous if c.name == "flag")
+    assert flag.missing_indicator and flag.std == 1.0
+    tensors = schema.transform(frame)
+    assert np.isfinite(tensors["continuous"].numpy()).all()
+
+
+def test_an_identifier_column_is_dropped_unless_named_categorical(make_table):
+    frame = make_table().with_columns(booking=pl.Series([f"B{i:05d}" for i in range(300)]))
+    schema = TableSchema.fit(frame, target="late")
+    assert "booking" not in schema.feature_names
+    note = next(n for n in schema.notes if n["column"] == "booking")
+    assert "identifier" in note["reason"] and "--categorical booking" in note["reason"]
+    kept = TableSchema.fit(frame, target="late", categorical=["booking"])
+    assert "booking" in kept.feature_names
+
+
+def test_numbers_stored_as_text_are_read_as_numbers(make_table):
+    frame = make_table()
+    as_text = frame.with_columns(pl.col("dep_delay").round(3).cast(pl.String).str.pad_start(12))
+    schema = TableSchema.fit(as_text, target="late")
+    column = next(c for c in schema.continuous if c.name == "dep_delay")
+    assert column.median == pytest.approx(frame.get_column("dep_delay").round(3).median())
+    assert any(n["column"] == "dep_delay" and n["action"] == "read as numbers" for n in schema.notes)
+    # the same numbers as numbers or as text give the same tensors at predict time
+    numeric = as_text.with_columns(pl.col("dep_delay").str.strip_chars().cast(pl.Float64))
+    assert schema.transform(as_text)["continuous"].equal(schema.transform(numeric)["continuous"])
+    # a text column with one word among numbers stays categorical
+    mixed = frame.with_columns(pl.Series("code", ["x"] + [str(i % 7) for i in range(299)]))
+    assert "code" in [c.name for c in TableSchema.fit(mixed, target="late").categorical]
+
+
+def test_repeated_column_names_are_an_error_naming_them(tmp_path):
+    (tmp_path / "dup.csv").write_text("a,b,a\n1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match=r"dup.csv: column name\(s\) 'a' \(2 times\)"):
+        read_table(str(tmp_path / "dup.csv"))
+    pandas = pytest.importorskip("pandas")
+    with pytest.raises(DataError, match=r"'a' \(2 times\)"):
+        as_frame(pandas.DataFrame([[1, 2, 3]], columns=["a", "b", "a"]))
+
+
+def test_nothing_left_names_what_was_dropped():
+    frame = pl.DataFrame({"k": ["x"] * 30, "y": [0, 1] * 15})
+    with pytest.raises(DataError, match=r"no feature columns left.*1 dropped: 'k'"):
+        TableSchema.fit(frame, target="y")
+
+
+@pytest.fixture(scope="module")
+def messy_run(torchkeep, make_table, tmp_path_factory):
+    """`torchkeep train` on a table with a constant column, an all-null one and null targets."""
+    workdir = tmp_path_factory.mktemp("messy")
+    table = make_table().with_columns(
+        country=pl.lit("US"), runway=pl.lit(None, dtype=pl.String),
+        late=pl.when(pl.int_range(pl.len()) % 7 == 0).then(None).otherwise(pl.col("late")))
+    table.write_csv(workdir / "messy.csv")
+    result = torchkeep("train", "--data", "messy.csv", "--target", "late", "--epochs", 2, "--run-dir", "run",
+                       cwd=workdir)
+    return workdir, result, table.get_column("late").null_count()
+
+
+def test_cli_warns_once_per_column_and_trains(messy_run):
+    workdir, result, nulls = messy_run
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3, warnings
+    assert any(f"{nulls} row(s) with a null target" in line for line in warnings)
+    assert any("'country' dropped" in line for line in warnings)
+    assert any("'runway' dropped: null in every row" in line for line in warnings)
+    assert all("messy.csv" in line for line in warnings)
+
+
+def test_inspect_and_the_run_record_what_was_dropped(torchkeep, messy_run):
+    workdir, result, nulls = messy_run
+    schema = json.loads((workdir / "run" / "schema.json").read_text())
+    assert [n["column"] for n in schema["notes"]] == ["late", "country", "runway"]
+    shown = torchkeep("inspect", "run", cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    assert "country" in shown.stdout and "dropped" in shown.stdout
+    as_json = json.loads(torchkeep("inspect", "run", "--json", cwd=workdir).stdout)
+    assert "notes" in json.dumps(as_json)
+
+
+def test_a_target_null_in_every_row_is_an_error(torchkeep, make_table, tmp_path):
+    make_table().with_columns(late=pl.lit(None, dtype=pl.Boolean)).write_csv(tmp_path / "empty.csv")
+    result = torchkeep("train", "--data", "empty.csv", "--target", "late", "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 2 and "null in every row" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_warnings_go_through_logging_in_python(make_table, tmp_path, caplog):
+    import torchkeep
+
+    frame = make_table().with_columns(country=pl.lit("US"))
+    with caplog.at_level(logging.WARNING, logger="torchkeep"):
+        torchkeep.train(frame, target="late", epochs=1, run_dir=str(tmp_path / "run"), quiet=True)
+    assert any("'country' dropped" in r.getMessage() for r in caplog.records)

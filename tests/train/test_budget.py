@@ -1,0 +1,69 @@
+"""The training budget of a table run: a rule of the row count, counted in optimizer steps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from torchkeep.train.budget import MAX_BATCH, MAX_ROWS_SEEN, MIN_BATCH, MIN_EPOCHS, TARGET_STEPS, table_budget
+
+
+@pytest.mark.parametrize("rows", [1, 20, 237, 1_000, 3_700, 20_000, 45_000, 230_000, 5_000_000])
+def test_the_rule_holds_for_any_row_count(rows):
+    budget = table_budget(rows)
+    assert MIN_BATCH <= budget.batch_size <= MAX_BATCH
+    assert budget.batch_size & (budget.batch_size - 1) == 0  # a power of two
+    per_epoch = math.ceil(rows / budget.batch_size)
+    assert budget.steps == budget.epochs * per_epoch
+    assert budget.epochs >= MIN_EPOCHS
+    # about TARGET_STEPS steps, never more than an epoch beyond it, unless the minimum epochs need more
+    cap = min(TARGET_STEPS, MAX_ROWS_SEEN // budget.batch_size)
+    assert budget.steps < cap + per_epoch or budget.epochs == MIN_EPOCHS
+
+
+def test_small_tables_get_small_batches_and_many_epochs():
+    small, large = table_budget(800), table_budget(200_000)
+    assert (small.batch_size, large.batch_size) == (32, 1024)
+    assert small.epochs > 100 and large.epochs < 30
+    assert small.valid_every_steps is not None  # many short epochs: validation by steps
+    assert "validation every" in small.describe(800) and "batches of 32" in small.describe(800)
+
+
+def test_the_time_cap_bounds_rows_seen_on_large_tables():
+    budget = table_budget(3_000_000)
+    assert budget.epochs == MIN_EPOCHS  # a huge table: a few passes, whatever the cap
+    budget = table_budget(100_000)
+    assert budget.steps * budget.batch_size <= MAX_ROWS_SEEN + math.ceil(100_000 / budget.batch_size) * budget.batch_size
+
+
+def test_a_chosen_batch_size_keeps_the_step_budget():
+    budget = table_budget(10_000, batch_size=100)
+    assert budget.batch_size == 100 and budget.steps >= TARGET_STEPS
+
+
+def test_a_run_prints_its_budget_and_saves_it(torchkeep, make_table, tmp_path):
+    make_table(rows=400).write_csv(tmp_path / "t.csv")
+    result = torchkeep("train", "--data", "t.csv", "--target", "late", "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith("budget:"))
+    expected = table_budget(360)
+    assert f"{expected.steps:,} steps" in line and f"of {expected.batch_size}" in line
+    import json
+
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["batch_size"] == expected.batch_size
+    assert config["train"]["epochs"] == expected.epochs
+    assert config["train"]["early_stopping_patience"] == expected.early_stopping_patience
+
+
+def test_flags_that_set_the_budget_are_kept(torchkeep, make_table, tmp_path):
+    make_table(rows=400).write_csv(tmp_path / "t.csv")
+    result = torchkeep("train", "--data", "t.csv", "--target", "late", "--epochs", 2, "--batch-size", 50,
+                       "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "budget:" not in result.stderr
+    import json
+
+    train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (train["epochs"], train["batch_size"], train["early_stopping_patience"]) == (2, 50, None)
