@@ -290,8 +290,6 @@ def train(
             log.warning("%s: %s", source, line)
         if not schema.text:
             config, budget_line = _apply_budget(config, set(overrides) | config.explicit, train_frame.height)
-            if budget_line:
-                progress.message(budget_line)
         monitor, mode = DEFAULT_MONITOR[schema.target.task]
         train_config = dataclasses.replace(config.train, monitor=config.train.monitor or monitor,
                                            monitor_mode=config.train.monitor_mode or (mode if not config.train.monitor else None))
@@ -305,6 +303,8 @@ def train(
         transfer_report = check_transfer(config.train.transfer, lambda: build_model(architecture, model_args),
                                          pretrained, level_aligner(schema) if not schema.text else None)
         check_device(config.train.device)
+        if not schema.text and budget_line:
+            progress.message(budget_line)
         storage = open_storage(run_dir)
         if transfer_report is not None:
             _write_json(storage, "transfer.json", transfer_report)

@@ -125,3 +125,12 @@ def test_warnings_go_through_logging_in_python(make_table, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="torchkeep"):
         torchkeep.train(frame, target="late", epochs=1, run_dir=str(tmp_path / "run"), quiet=True)
     assert any("'country' dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_extreme_values_are_clipped_by_robust_scaling(make_table):
+    schema = TableSchema.fit(make_table(), target="late", scaling="robust", numeric_encoding="ple")
+    extreme = make_table(rows=4, seed=2).with_columns(pl.Series("distance", [1e308, -1e308, 0, 1e12]))
+    encoded = schema.transform(extreme, with_target=False)["continuous"]
+    assert np.isfinite(encoded.numpy()).all()
+    first = encoded[:, 0].numpy()  # distance's scaled value: within (-3, 3)
+    assert first[0] == pytest.approx(3.0, abs=1e-5) and first[1] == pytest.approx(-3.0, abs=1e-5)

@@ -20,7 +20,7 @@ import pytest
 from safetensors.torch import load_file
 
 FLAGS = ["--target", "late", "--batch-size", 64, "--deterministic", "--seed", 3, "--checkpoint-every-steps", 2,
-         "--threads", 1]
+         "--threads", 1, "--log-every-steps", 1]
 
 
 def weights(run: Path) -> dict:
@@ -82,7 +82,7 @@ def test_fewer_epochs_than_trained_and_other_settings_are_refused(workdir):
 def test_killed_mid_run_then_extended_equals_the_longer_run(workdir):
     run = workdir / "killed"
     process = subprocess.Popen([sys.executable, "-m", "torchkeep", "train", "--data", "t.csv", *map(str, FLAGS),
-                                "--epochs", 2, "--schedule", "constant", "--run-dir", "killed"], cwd=workdir,
+                                "--epochs", "2", "--schedule", "constant", "--run-dir", "killed"], cwd=workdir,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     latest = run / "checkpoints" / "LATEST"

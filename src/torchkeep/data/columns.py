@@ -83,7 +83,8 @@ def encode_continuous(filled: np.ndarray, column: ContinuousColumn) -> list[np.n
     median): the scaled value, then its piecewise-linear bins where the column has bin edges. The one
     definition, for frames of any size (TableSchema.transform) and for small frames."""
     if column.scaling == "robust":  # median / IQR, then smoothly clipped to (-3, 3): outliers cannot dominate
-        z = (filled - column.center) / column.scale
+        # |z| capped first (beyond 1e6 the clip gives 3.0 either way) so that z**2 cannot overflow
+        z = np.clip((filled - column.center) / column.scale, -1e6, 1e6)
         z = z / np.sqrt(1.0 + (z / 3.0) ** 2)
     else:
         z = (filled - column.mean) / column.std
@@ -92,7 +93,8 @@ def encode_continuous(filled: np.ndarray, column: ContinuousColumn) -> list[np.n
         edges = np.asarray(column.edges, dtype=np.float64)
         # Bin t holds (x - edge_t) / (edge_t+1 - edge_t) clipped to [0, 1]: 1 for every bin below x, the
         # position within x's bin, 0 above (Gorishniy et al. 2022, piecewise-linear encoding).
-        bins = (filled[:, None] - edges[None, :-1]) / np.diff(edges)[None, :]
+        with np.errstate(over="ignore", invalid="ignore"):  # a value near the float64 limit: inf, then clipped
+            bins = (filled[:, None] - edges[None, :-1]) / np.diff(edges)[None, :]
         out.extend(np.clip(bins, 0.0, 1.0).astype(np.float32).T)
     return out
 
