@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import environment, median, table  # noqa: E402
 
 import torchkeep  # noqa: E402
-from torchkeep.train.optim import OptimConfig, build_optimizer, build_scheduler  # noqa: E402
+from torchkeep.training.optim import OptimConfig, build_optimizer, build_scheduler  # noqa: E402
 
 BATCH = 64
 

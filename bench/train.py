@@ -1,5 +1,5 @@
 """Seconds per training epoch on the full nycflights13 training split, batch 1024: the loop fit()
-(torchkeep.train.loop.fit)
+(torchkeep.training.loop.fit)
 against the compute floor, interleaved round by round.
 
   floor            the default model (same init seed), AdamW + OneCycleLR as fit() builds them, stepped
@@ -40,7 +40,7 @@ from _common import (  # noqa: E402
 import torchkeep  # noqa: E402
 from torchkeep.models import TabularModelConfig  # noqa: E402
 from torchkeep.models.build import build_model, tabular_model_args  # noqa: E402
-from torchkeep.train import loop  # noqa: E402
+from torchkeep.training import loop  # noqa: E402
 
 BATCH = 1024
 INIT_SEED = 0

@@ -10,8 +10,9 @@ from torchkeep.data import BatchLoader, DatasetLoader, TableSchema
 from torchkeep.errors import CheckpointError, ConfigError, DataError, StorageError, TorchkeepError
 from torchkeep.models import EntityEmbeddingMLP, TabularModelConfig
 from torchkeep.tensor_predictor import TensorPredictor
-from torchkeep.train.loop import FitResult, TrainConfig, evaluate
-from torchkeep.train.optim import OptimConfig
+from torchkeep.training.loop import FitResult, TrainConfig, evaluate
+from torchkeep.training.optim import OptimConfig
+from torchkeep import deprecated
 
 __all__ = [
     "BatchLoader", "CheckpointConfig", "CheckpointError", "Checkpointer", "ConfigError", "DataConfig",
@@ -19,3 +20,5 @@ __all__ = [
     "Restored", "RunConfig", "RunResult", "StorageError", "TableSchema", "TabularModelConfig", "TensorPredictor",
     "TorchkeepError", "TrainConfig", "evaluate", "fit", "load", "load_toml", "train",
 ]
+
+deprecated.install()  # old module paths (torchkeep.train.loop, ...) for one release, with a DeprecationWarning

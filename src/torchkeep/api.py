@@ -42,12 +42,12 @@ from torchkeep.models.vision_transfer import transfer_adapter
 from torchkeep.storage import open_storage
 from torchkeep.tensor_predictor import TensorPredictor, is_own_run, load_own_model, load_unfinished
 from torchkeep.track import Tracker, build_trackers, close_trackers
-from torchkeep.train.budget import table_budget
-from torchkeep.train.loop import TrainConfig, check_device, fit, predict_outputs, resolve_device
-from torchkeep.train.metrics import DEFAULT_MONITOR, metrics_for_task
-from torchkeep.train.progress import Progress
-from torchkeep.train.state import TrainState, seed_everything
-from torchkeep.train.transfer import Pretrained, check_transfer, load_pretrained
+from torchkeep.training.budget import table_budget
+from torchkeep.training.loop import TrainConfig, check_device, fit, predict_outputs, resolve_device
+from torchkeep.training.metrics import DEFAULT_MONITOR, metrics_for_task
+from torchkeep.training.progress import Progress
+from torchkeep.training.state import TrainState, seed_everything
+from torchkeep.training.transfer import Pretrained, check_transfer, load_pretrained
 
 log = logging.getLogger("torchkeep")
 
@@ -119,7 +119,7 @@ def _split(frame: pl.DataFrame, config: RunConfig) -> tuple[pl.DataFrame, pl.Dat
 
 
 def _apply_budget(config: RunConfig, explicit: set[str], rows: int) -> tuple[RunConfig, str | None]:
-    """The step budget of train/budget.py for what the user left unset: batch size, epochs (from the
+    """The step budget of training/budget.py for what the user left unset: batch size, epochs (from the
     batch), and with many short epochs validation and checkpoints by steps and early stopping."""
     defaults, chosen = TrainConfig(), explicit & {"epochs", "batch_size"}
     set_in_code = (config.train.epochs, config.train.batch_size) != (defaults.epochs, defaults.batch_size)

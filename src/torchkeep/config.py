@@ -16,9 +16,9 @@ from torchkeep.errors import ConfigError
 from torchkeep.models.tabular import TabularModelConfig
 from torchkeep.models.vision import VisionModelConfig
 from torchkeep.track.build import TrackConfig
-from torchkeep.train.loop import TrainConfig
-from torchkeep.train.optim import OptimConfig
-from torchkeep.train.transfer import TransferConfig
+from torchkeep.training.loop import TrainConfig
+from torchkeep.training.optim import OptimConfig
+from torchkeep.training.transfer import TransferConfig
 
 
 @dataclass(kw_only=True)

@@ -8,7 +8,7 @@ A run directory of an own model holds:
                     the input tensors ("inputs"), the loss and the task
     metrics.jsonl, checkpoints/, bundle/   as for a table run; export/ when the class cannot be rebuilt
 
-The low-level loop is `torchkeep.train.loop.fit(model, loss_fn, loader, config=TrainConfig(...))`.
+The low-level loop is `torchkeep.training.loop.fit(model, loss_fn, loader, config=TrainConfig(...))`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from torchkeep.export.bundle import write_bundle
 from torchkeep.models.imported import ARCHITECTURE, constructor_args, import_path, import_problem
 from torchkeep.storage import open_storage
 from torchkeep.track import TrackConfig, Tracker, build_trackers, close_trackers
-from torchkeep.train import loop
-from torchkeep.train.losses import TASKS, LossFn, infer_loss, named_loss
-from torchkeep.train.metrics import DEFAULT_MONITOR, HIGHER_IS_BETTER, MetricFn, metrics_for_task
-from torchkeep.train.optim import OptimConfig
-from torchkeep.train.progress import Progress
-from torchkeep.train.state import TrainState
+from torchkeep.training import loop
+from torchkeep.training.losses import TASKS, LossFn, infer_loss, named_loss
+from torchkeep.training.metrics import DEFAULT_MONITOR, HIGHER_IS_BETTER, MetricFn, metrics_for_task
+from torchkeep.training.optim import OptimConfig
+from torchkeep.training.progress import Progress
+from torchkeep.training.state import TrainState
 
 log = logging.getLogger("torchkeep")
 

@@ -35,10 +35,10 @@ from torchkeep.models.build import build_model
 from torchkeep.models.vision import vision_model_args
 from torchkeep.models.vision_transfer import head_aligner, read_init_from
 from torchkeep.storage import open_storage
-from torchkeep.train.loop import TrainConfig, check_device
-from torchkeep.train.optim import OptimConfig
-from torchkeep.train.progress import Progress
-from torchkeep.train.transfer import Pretrained, check_transfer
+from torchkeep.training.loop import TrainConfig, check_device
+from torchkeep.training.optim import OptimConfig
+from torchkeep.training.progress import Progress
+from torchkeep.training.transfer import Pretrained, check_transfer
 
 IMAGE_ARCHITECTURES = {"cnn": "image_cnn", "mlp": "image_mlp"}
 # Image runs start from these instead of the table defaults (3 epochs of 1024 rows suit 50k-row
@@ -262,7 +262,7 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
             resume: str | None, progress: Progress) -> Prepared | None:
     """Set up (or reopen) an image run; None when the data is a table (or the call is for api.train to refuse)."""
     from torchkeep.api import _override, _read_json, _write_json
-    from torchkeep.train.metrics import DEFAULT_MONITOR
+    from torchkeep.training.metrics import DEFAULT_MONITOR
 
     if resume is not None:
         storage = open_storage(resume)

@@ -22,8 +22,8 @@ from torchkeep.models.build import build_model
 from torchkeep.models.imported import ARCHITECTURE
 from torchkeep.storage import Storage
 from torchkeep.tensor_files import INPUT_SUFFIXES, read_inputs
-from torchkeep.train.ema import ema_weights
-from torchkeep.train.metrics import metrics_for_task
+from torchkeep.training.ema import ema_weights
+from torchkeep.training.metrics import metrics_for_task
 
 log = logging.getLogger("torchkeep")
 

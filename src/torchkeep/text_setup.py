@@ -14,8 +14,8 @@ from torchkeep.data.table import TableSchema
 from torchkeep.data.text import read_tokenizer, read_vectors
 from torchkeep.models.build import text_model_args
 from torchkeep.models.tabular import TabularModelConfig
-from torchkeep.train.loop import TrainConfig
-from torchkeep.train.optim import OptimConfig
+from torchkeep.training.loop import TrainConfig
+from torchkeep.training.optim import OptimConfig
 
 ARCHITECTURE = "text_table_mlp"
 

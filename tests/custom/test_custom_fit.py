@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 import torchkeep
 from torchkeep.errors import ConfigError, DataError
-from torchkeep.train.metrics import multiclass_metrics
+from torchkeep.training.metrics import multiclass_metrics
 
 pytestmark = [pytest.mark.filterwarnings("ignore:'set_vital' is deprecated"),  # torchdata on torch 2.13
               pytest.mark.usefixtures("one_thread_and_restored_determinism")]  # tests/conftest.py

@@ -21,7 +21,7 @@ sys.path.insert(0, str(CUSTOM))
 from own_models import SmallImageNet, TwoInputs, Widths, blobs
 
 import torchkeep
-from torchkeep.train.metrics import multiclass_metrics
+from torchkeep.training.metrics import multiclass_metrics
 
 SETTINGS = {"epochs": 1, "batch_size": 32, "seed": 1, "quiet": True}
 

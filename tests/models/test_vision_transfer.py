@@ -11,7 +11,7 @@ from torchkeep.data.images import ImageSchema
 from torchkeep.data.table import TargetSpec
 from torchkeep.models.vision import SmallCNN
 from torchkeep.models.vision_transfer import head_aligner
-from torchkeep.train.transfer import Pretrained, load_pretrained
+from torchkeep.training.transfer import Pretrained, load_pretrained
 
 
 def schema(target: TargetSpec, mean: float = 0.3, std: float = 0.2) -> ImageSchema:

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import torchkeep
-from torchkeep.train.loop import fit
-from torchkeep.train.metrics import binary_metrics
-from torchkeep.train.progress import Progress
+from torchkeep.training.loop import fit
+from torchkeep.training.metrics import binary_metrics
+from torchkeep.training.progress import Progress
 
 LINE = re.compile(r"^epoch (\d)/3  loss \d\.\d{4}  valid_accuracy \d\.\d{4}  valid_roc_auc \d\.\d{4}"
                   r"  valid_log_loss \d\.\d{4}  [\d,]+ rows/s  \d+\.\d s$")

@@ -22,8 +22,8 @@ from torchkeep.errors import ConfigError, MissingExtraError, StorageError
 from torchkeep.storage import open_storage
 from torchkeep.track import Guarded, JsonlTracker, TrackConfig, build_trackers, close_trackers
 from torchkeep.track.events import scalars
-from torchkeep.train.loop import fit
-from torchkeep.train.metrics import binary_metrics
+from torchkeep.training.loop import fit
+from torchkeep.training.metrics import binary_metrics
 
 EPOCHS, BATCH, LOG_EVERY = 2, 16, 2
 CONFIG = {"train": {"epochs": EPOCHS, "batch_size": BATCH, "monitor": "roc_auc", "monitor_mode": "max",

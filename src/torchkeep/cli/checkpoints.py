@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from torchkeep.checkpoint.format import list_checkpoints
-    from torchkeep.train.metrics import for_display
+    from torchkeep.training.metrics import for_display
     from torchkeep.errors import DataError
     from torchkeep.storage import open_storage
 

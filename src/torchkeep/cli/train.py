@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = load_toml(args.config) if args.config else RunConfig()
         result = torchkeep.train(config=config, target=args.target, quiet=args.quiet, **overrides)
-    from torchkeep.train.metrics import for_display
+    from torchkeep.training.metrics import for_display
 
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in for_display(result.valid).items())
     print(f"run: {result.run_dir}")

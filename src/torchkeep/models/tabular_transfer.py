@@ -21,7 +21,7 @@ from torch import nn
 
 from torchkeep.data.table import TableSchema
 from torchkeep.models.tabular import TabularModelConfig
-from torchkeep.train.transfer import Adapt, Pretrained, read_pretrained
+from torchkeep.training.transfer import Adapt, Pretrained, read_pretrained
 
 if TYPE_CHECKING:
     from torchkeep.config import RunConfig

@@ -26,7 +26,7 @@ from torch import nn
 
 from torchkeep.data.images import ImageSchema, is_image_schema
 from torchkeep.data.table import TargetSpec
-from torchkeep.train.transfer import Adapt, Pretrained, read_pretrained
+from torchkeep.training.transfer import Adapt, Pretrained, read_pretrained
 
 if TYPE_CHECKING:
     from torchkeep.config import RunConfig

@@ -36,8 +36,8 @@ def validation_outputs(run_dir: str, data: Any = None) -> ValidationOutputs:
     from torchkeep.config import RunConfig
     from torchkeep.data.loader import BatchLoader
     from torchkeep.storage import open_storage
-    from torchkeep.train.loop import predict_outputs
-    from torchkeep.train.metrics import metrics_for_task
+    from torchkeep.training.loop import predict_outputs
+    from torchkeep.training.metrics import metrics_for_task
 
     storage = open_storage(run_dir)
     saved = json.loads(storage.read("config.json"))

@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from torchkeep.train.metrics import HIGHER_IS_BETTER
+from torchkeep.training.metrics import HIGHER_IS_BETTER
 
 TOP_LEVEL = ("lr", "rows_per_s")
 

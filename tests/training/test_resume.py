@@ -26,9 +26,9 @@ from torch.utils.data import Dataset
 
 import torchkeep
 from torchkeep import BatchLoader, Checkpointer, DatasetLoader, OptimConfig, TrainConfig, evaluate
-from torchkeep.train.loop import fit
-from torchkeep.train.metrics import multiclass_metrics
-from torchkeep.train.progress import Progress
+from torchkeep.training.loop import fit
+from torchkeep.training.metrics import multiclass_metrics
+from torchkeep.training.progress import Progress
 
 EPOCHS = 3
 BATCHES_PER_EPOCH = 17  # 1,080 training rows (1,200 less 10% for validation) in batches of 64

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from torchkeep.train.budget import MAX_BATCH, MAX_ROWS_SEEN, MIN_BATCH, MIN_EPOCHS, TARGET_STEPS, table_budget
+from torchkeep.training.budget import MAX_BATCH, MAX_ROWS_SEEN, MIN_BATCH, MIN_EPOCHS, TARGET_STEPS, table_budget
 
 
 @pytest.mark.parametrize("rows", [1, 20, 237, 1_000, 3_700, 20_000, 45_000, 230_000, 5_000_000])

@@ -103,7 +103,7 @@ def _read_run(source: str) -> Pretrained | None:
     from torchkeep.checkpoint.manager import MODEL_FILE
     from torchkeep.export.bundle import BUNDLE_FILE, read_bundle
     from torchkeep.storage import open_storage
-    from torchkeep.train.ema import ema_weights_in_files
+    from torchkeep.training.ema import ema_weights_in_files
 
     storage = open_storage(source)
     for prefix in ("bundle", ""):

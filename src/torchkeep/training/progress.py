@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 
 def _format(metrics: dict[str, float]) -> str:
-    from torchkeep.train.metrics import for_display
+    from torchkeep.training.metrics import for_display
 
     return "  ".join(f"{k} {v:.4f}" for k, v in for_display(metrics).items())
 

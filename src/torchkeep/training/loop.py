@@ -21,12 +21,12 @@ from torch import nn
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.errors import CheckpointError, ConfigError
 from torchkeep.track import Tracker
-from torchkeep.train.ema import WeightAverage, ema_weights
-from torchkeep.train.metrics import HIGHER_IS_BETTER, MetricFn
-from torchkeep.train.optim import OptimConfig, build_optimizer, build_scheduler
-from torchkeep.train.progress import Progress
-from torchkeep.train.state import TrainState, seed_everything
-from torchkeep.train.transfer import TransferConfig, TransferPlan
+from torchkeep.training.ema import WeightAverage, ema_weights
+from torchkeep.training.metrics import HIGHER_IS_BETTER, MetricFn
+from torchkeep.training.optim import OptimConfig, build_optimizer, build_scheduler
+from torchkeep.training.progress import Progress
+from torchkeep.training.state import TrainState, seed_everything
+from torchkeep.training.transfer import TransferConfig, TransferPlan
 
 log = logging.getLogger("torchkeep")
 

@@ -7,7 +7,7 @@ import torch
 
 from torchkeep import TrainConfig
 from torchkeep.errors import ConfigError
-from torchkeep.train.loop import check_device
+from torchkeep.training.loop import check_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 

@@ -20,9 +20,9 @@ from torchkeep.data.table import TableSchema
 from torchkeep.errors import CheckpointError
 from torchkeep.models.build import build_model
 from torchkeep.models.tabular_transfer import level_aligner
-from torchkeep.train.optim import OptimConfig, build_optimizer, build_scheduler
-from torchkeep.train.progress import Progress
-from torchkeep.train.transfer import TransferConfig, TransferPlan, load_pretrained
+from torchkeep.training.optim import OptimConfig, build_optimizer, build_scheduler
+from torchkeep.training.progress import Progress
+from torchkeep.training.transfer import TransferConfig, TransferPlan, load_pretrained
 
 EPOCHS = 3
 BATCHES_PER_EPOCH = 9  # 540 training rows (600 less 10% for validation) in batches of 64

@@ -31,8 +31,8 @@ from torchkeep.config import RunConfig
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import CheckpointError, ConfigError
 from torchkeep.models.build import build_model
-from torchkeep.train.loop import fit
-from torchkeep.train.transfer import read_pretrained
+from torchkeep.training.loop import fit
+from torchkeep.training.transfer import read_pretrained
 from torchkeep.verify import verify_resume
 
 pytestmark = pytest.mark.usefixtures("one_thread_and_restored_determinism")  # tests/conftest.py
