@@ -30,3 +30,24 @@ def test_old_path_in_a_fresh_process() -> None:
             "try:\n    import torchkeep.train.loop\nexcept DeprecationWarning as w:\n    print(w)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "torchkeep.train.loop moved to torchkeep.training.loop" in out
+
+
+def test_moved_modules_keep_their_old_paths_for_a_release() -> None:
+    import torchkeep.predict.own_model
+    import torchkeep.run.own_model
+
+    with pytest.warns(DeprecationWarning, match="torchkeep.predict.own_model"):
+        from torchkeep.tensor_predictor import TensorPredictor  # noqa: PLC0415
+    assert TensorPredictor is torchkeep.TensorPredictor is torchkeep.predict.own_model.TensorPredictor
+    with pytest.warns(DeprecationWarning, match="torchkeep.run.own_model"):
+        from torchkeep.custom import fit  # noqa: PLC0415
+    assert fit is torchkeep.fit is torchkeep.run.own_model.fit
+
+
+def test_names_that_left_the_api_module_warn() -> None:
+    import torchkeep.api
+    import torchkeep.predict.predictor
+
+    assert torchkeep.api.Predictor is torchkeep.Predictor  # public: stays, no warning
+    with pytest.warns(DeprecationWarning, match="torchkeep.predict.predictor.EVAL_BATCH_ROWS"):
+        assert torchkeep.api.EVAL_BATCH_ROWS == torchkeep.predict.predictor.EVAL_BATCH_ROWS

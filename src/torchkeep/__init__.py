@@ -1,15 +1,12 @@
 """torchkeep: train, keep and serve PyTorch models; tables first."""
 
-__version__ = "0.1.0"
-
-from torchkeep.api import Predictor, RunResult, load, train
+from torchkeep.version import __version__
+from torchkeep.api import ModelRun, Predictor, RunResult, TensorPredictor, fit, load, train
 from torchkeep.checkpoint import Checkpointer, Restored
 from torchkeep.config import CheckpointConfig, DataConfig, RunConfig, load_toml
-from torchkeep.custom import ModelRun, fit
 from torchkeep.data import BatchLoader, DatasetLoader, TableSchema
 from torchkeep.errors import CheckpointError, ConfigError, DataError, StorageError, TorchkeepError
 from torchkeep.models import EntityEmbeddingMLP, TabularModelConfig
-from torchkeep.tensor_predictor import TensorPredictor
 from torchkeep.training.loop import FitResult, TrainConfig, evaluate
 from torchkeep.training.optim import OptimConfig
 from torchkeep import deprecated

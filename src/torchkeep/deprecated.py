@@ -22,6 +22,17 @@ from typing import Any
 
 MOVED = {
     "torchkeep.train": "torchkeep.training",
+    "torchkeep.image_api": "torchkeep.run.images",
+    "torchkeep.text_setup": "torchkeep.run.text",
+    "torchkeep.custom": "torchkeep.run.own_model",
+    "torchkeep.verify": "torchkeep.run.verify",
+    "torchkeep.models.tabular_transfer": "torchkeep.run.tables_transfer",
+    "torchkeep.models.vision_transfer": "torchkeep.run.images_transfer",
+    "torchkeep.tensor_predictor": "torchkeep.predict.own_model",
+    "torchkeep.tensor_files": "torchkeep.predict.array_files",
+    "torchkeep.export.bundle": "torchkeep.bundle",
+    "torchkeep.export.tensors": "torchkeep.export.own_model",
+    "torchkeep.serve.tensors": "torchkeep.serve.own_model",
 }
 
 

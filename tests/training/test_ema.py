@@ -33,7 +33,7 @@ from torchkeep.errors import CheckpointError, ConfigError
 from torchkeep.models.build import build_model
 from torchkeep.training.loop import fit
 from torchkeep.training.transfer import read_pretrained
-from torchkeep.verify import verify_resume
+from torchkeep.run.verify import verify_resume
 
 pytestmark = pytest.mark.usefixtures("one_thread_and_restored_determinism")  # tests/conftest.py
 

@@ -19,7 +19,7 @@ import torchkeep
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import CheckpointError
 from torchkeep.models.build import build_model
-from torchkeep.models.tabular_transfer import level_aligner
+from torchkeep.run.tables_transfer import level_aligner
 from torchkeep.training.optim import OptimConfig, build_optimizer, build_scheduler
 from torchkeep.training.progress import Progress
 from torchkeep.training.transfer import TransferConfig, TransferPlan, load_pretrained

@@ -16,7 +16,7 @@ COMMANDS = (train, evaluate, predict, export, serve, checkpoints, inspect, conve
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from torchkeep import __version__
+    from torchkeep.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="torchkeep",

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if "://" not in args.run_dir and not Path(args.run_dir).is_dir():
         raise DataError(f"{args.run_dir}: no such run directory")
     if args.verify_resume:
-        from torchkeep.verify import verify_resume
+        from torchkeep.run.verify import verify_resume
 
         report = verify_resume(args.run_dir, args.from_step)
         if args.json:

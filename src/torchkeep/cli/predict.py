@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from torchkeep.data.io import read_table, write_table
 
     predictor = torchkeep.load(args.run_dir, device=args.device)
-    if isinstance(predictor, torchkeep.TensorPredictor):  # tensors in, outputs out (tensor_files.py)
-        from torchkeep.tensor_files import predict_file
+    if isinstance(predictor, torchkeep.TensorPredictor):  # tensors in, outputs out (predict/array_files.py)
+        from torchkeep.predict.array_files import predict_file
 
         rows = predict_file(predictor, args.data, args.out)
         print(f"wrote {rows:,} predictions to {args.out}")

@@ -12,7 +12,7 @@ import polars as pl
 from torchkeep.errors import DataError
 
 if TYPE_CHECKING:
-    from torchkeep.data.table import ContinuousColumn
+    from torchkeep.data.table_spec import ContinuousColumn
 
 
 def kind_of(dtype: pl.DataType) -> str | None:

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from torchkeep.data.io import read_table
 from torchkeep.errors import DataError, MissingExtraError, StorageError
+from torchkeep.storage import open_storage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FILE_COLUMNS = ("file", "filename", "file_name", "path", "image", "image_path")
@@ -129,8 +131,6 @@ def decode_all(read: Callable[[str], bytes], files: Sequence[str], *, size: tupl
 
 
 def _storage(uri: str) -> Any:
-    from torchkeep.storage import open_storage
-
     return open_storage(uri)
 
 
@@ -217,8 +217,6 @@ def read_idx_folder(folder: str, *, which: str | None = None) -> tuple[np.ndarra
 def read_labels_csv(path: str, *, file_column: str | None, label_column: str | None,
                     need_labels: bool = True) -> tuple[list[str], list[Any] | None]:
     """(files, labels) from a CSV: columns named by the user, or the usual names, or the first two."""
-    from torchkeep.data.io import read_table
-
     frame = read_table(path)
     lowered = {c.lower(): c for c in frame.columns}
 

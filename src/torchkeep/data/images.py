@@ -18,8 +18,9 @@ import torch
 
 from torchkeep.data.image_io import RawImages, decode_image
 from torchkeep.data.loader import BatchLoader
-from torchkeep.data.table import TableSchema, TargetSpec
+from torchkeep.data.table import TableSchema, TargetSpec, fit_target
 from torchkeep.errors import DataError
+from torchkeep.storage import open_storage
 
 LABEL = "label"
 STATS_SAMPLE = 20_000  # images used for mean/std: plenty for 3 numbers, bounded for big sets
@@ -42,9 +43,9 @@ class ImageSchema:
         if len(raw.labels) == 0:
             raise DataError(f"{source}: the training split is empty")
         labels = pl.DataFrame({LABEL: raw.labels})
-        target = TableSchema._fit_target(labels, LABEL, task, False, source)
+        target = fit_target(labels, LABEL, task, False, source)
         if target.task == "regression" and task is None:
-            target = TableSchema._fit_target(labels, LABEL, "multiclass", False, source)
+            target = fit_target(labels, LABEL, "multiclass", False, source)
         sample = torch.from_numpy(raw.images[:: max(1, len(raw.images) // STATS_SAMPLE)]).float() / 255
         mean = sample.mean(dim=(0, 2, 3))
         std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)  # a constant channel must not divide by zero
@@ -56,8 +57,13 @@ class ImageSchema:
         return self.height, self.width
 
     @property
-    def _labels(self) -> TableSchema:
-        return TableSchema([], [], self.target)  # label encoding and decoding are the table's, shared
+    def labels_schema(self) -> TableSchema:
+        """The labels as a table schema of no columns: label encoding and decoding are the table's, shared."""
+        return TableSchema([], [], self.target)
+
+    def encode_labels(self, labels: list[Any], source: str = "data") -> torch.Tensor:
+        """Labels -> the `target` tensor the loss takes (class indices, or 0/1 for binary)."""
+        return self.labels_schema.encode_target(pl.DataFrame({LABEL: labels}), source)
 
     def transform(self, raw: RawImages, *, with_target: bool = True, source: str = "data") -> dict[str, torch.Tensor]:
         """`image` uint8 [N, C, H, W] and (with_target) `target`, as TableSchema.transform gives it."""
@@ -69,7 +75,7 @@ class ImageSchema:
         if with_target:
             if raw.labels is None:
                 raise DataError(f"{source}: no labels to evaluate against")
-            out["target"] = self._labels.encode_target(pl.DataFrame({LABEL: raw.labels}), source)
+            out["target"] = self.encode_labels(raw.labels, source)
         return out
 
     def decode_bytes(self, data: bytes | bytearray, name: str) -> np.ndarray:
@@ -77,7 +83,7 @@ class ImageSchema:
         return decode_image(data, size=self.size, channels=self.channels, name=name)
 
     def decode(self, outputs: torch.Tensor) -> pl.DataFrame:
-        return self._labels.decode(outputs)
+        return self.labels_schema.decode(outputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {**{k: v for k, v in asdict(self).items() if k != "target"},
@@ -174,8 +180,6 @@ class ImageFileDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self._storage is None:  # opened in the worker process, not pickled into it
-            from torchkeep.storage import open_storage
-
             self._storage = open_storage(self.root)
         name = self.files[index]
         image = self.schema.decode_bytes(self._storage.read(name), f"{self.root.rstrip('/')}/{name}")

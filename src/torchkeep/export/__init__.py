@@ -1,6 +1,7 @@
-"""Exports of a trained model. The bundle is what `predict` and serving load; `exporter.export`
-writes it and the class-free formats (formats.py), each after a parity check (parity.py)."""
+"""Exports of a trained model: `exporter.export` writes a bundle (torchkeep/bundle.py) or a class-free
+format (formats.py), each after a parity check (parity.py); images.py and own_model.py are the
+image models' and own models' variants."""
 
-from torchkeep.export.bundle import read_bundle, write_bundle
+from torchkeep.bundle import read_bundle, write_bundle
 
 __all__ = ["read_bundle", "write_bundle"]

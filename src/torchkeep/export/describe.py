@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from torchkeep.bundle import versions
 from torchkeep.data.table import TableSchema
-from torchkeep.export.bundle import versions
 from torchkeep.export.formats import (
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -60,7 +60,7 @@ def _text_inputs(schema: TableSchema) -> list[dict[str, Any]]:
              "columns": columns}]
 
 
-def _output(schema: TableSchema) -> dict[str, Any]:
+def output_spec(schema: TableSchema) -> dict[str, Any]:
     target = schema.target
     assert target is not None, "an exported model was trained with a target"
     if target.task == "binary":
@@ -91,7 +91,7 @@ def inputs_spec(schema: TableSchema, *, export_format: ExportFormat, file_name: 
             {"name": INPUT_NAMES[1], "dtype": "float32", "shape": ["batch", len(continuous)], "columns": continuous},
             *_text_inputs(schema),
         ],
-        "output": _output(schema),
+        "output": output_spec(schema),
         "model": {"architecture": architecture, "args": model_args},
         "parity": {"rows": parity.rows, "max_abs_diff": parity.max_abs_diff, "tolerance": parity.tolerance},
         "versions": versions(),

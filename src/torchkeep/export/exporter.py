@@ -9,29 +9,26 @@ parity check, so a failed export leaves nothing behind that looks usable.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from torchkeep.bundle import read_bundle, write_bundle
 from torchkeep.errors import CheckpointError, ConfigError, StorageError
-from torchkeep.export.bundle import read_bundle, write_bundle
 from torchkeep.export.describe import inputs_spec, readme
-from torchkeep.export.formats import FORMATS, ExportFormat, input_names
-from torchkeep.export.parity import Parity, check_parity, parity_data, parity_inputs
+from torchkeep.export.formats import FORMATS, input_names
+from torchkeep.export.images import export_image_model
+from torchkeep.export.own_model import export_own
+from torchkeep.export.parity import check_parity, parity_data, parity_inputs
+from torchkeep.export.result import FORMAT_NAMES, ExportResult, target_paths
 from torchkeep.models.build import build_model
+from torchkeep.predict.load import load
+from torchkeep.predict.own_model import TensorPredictor
 from torchkeep.storage import open_storage
 
-FORMAT_NAMES = ("bundle", *FORMATS)
+__all__ = ["FORMAT_NAMES", "ExportResult", "export", "target_paths"]
+
 EXAMPLE_ROWS = 8
-
-
-@dataclass(kw_only=True)
-class ExportResult:
-    format: str
-    path: str  # the bundle directory, or the model file
-    parity: Parity
-    files: dict[str, int] = field(default_factory=dict)  # every file written -> size in bytes
 
 
 def _model_spec(source: str, meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -45,17 +42,6 @@ def _model_spec(source: str, meta: dict[str, Any]) -> tuple[str, dict[str, Any]]
         raise CheckpointError(f"{source}: no readable model.json ({error})") from None
 
 
-def target_paths(out: str, export_format: ExportFormat) -> tuple[str, str]:
-    """(directory, file name) of the export: `out` itself when it ends with the format's suffix."""
-    stripped = out.rstrip("/")
-    if stripped.endswith(export_format.suffixes):
-        directory, _, name = stripped.rpartition("/")
-        if not name or directory.endswith(":/"):
-            raise ConfigError(f"--out {out}: names a bucket, not a file")
-        return directory or ".", name
-    return stripped, export_format.file_name
-
-
 def _examples(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """A few real rows to trace with; at least 2, so that the batch size is not specialized to 1."""
     examples = tuple(inputs[name][:EXAMPLE_ROWS] for name in input_names(inputs))
@@ -66,19 +52,13 @@ def _examples(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
 
 def export(source: str, *, format: str, out: str, data: str | None = None) -> ExportResult:
     """Export the model of a run or bundle (local or s3://) to `out`, after a parity check on real rows."""
-    from torchkeep.api import load  # api imports export.bundle: import here, not at module level
-
     if format not in FORMAT_NAMES:
         raise ConfigError(f"unknown export format {format!r} (expected one of: {', '.join(FORMAT_NAMES)})")
     predictor = load(source)
-    if not hasattr(predictor, "schema"):  # a user's own model (torchkeep.fit): tensors in, tensors out
-        from torchkeep.export.tensors import export_own
-
+    if isinstance(predictor, TensorPredictor):  # a user's own model (torchkeep.fit): tensors in, tensors out
         return export_own(predictor, format=format, out=out, data=data)
     model, schema = predictor.model.cpu().eval(), predictor.schema
-    if getattr(schema, "kind", "table") == "image":  # one `image` input, parity on real images
-        from torchkeep.export.images import export_image_model
-
+    if predictor.kind == "image":  # one `image` input, parity on real images
         architecture, model_args = _model_spec(source, predictor.meta)
         return export_image_model(source, model=model, schema=schema, architecture=architecture, model_args=model_args,
                                   metrics=predictor.meta.get("metrics") or {}, format=format, out=out, data=data)

@@ -15,12 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchkeep.bundle import read_bundle, versions, write_bundle
+from torchkeep.data.builtin import get_example
+from torchkeep.data.image_io import decode_all, is_idx_folder, list_images, read_images, resize_arrays
 from torchkeep.data.images import ImageSchema
 from torchkeep.errors import DataError, StorageError
-from torchkeep.export.bundle import read_bundle, versions, write_bundle
-from torchkeep.export.describe import _output
+from torchkeep.export.describe import output_spec
 from torchkeep.export.formats import FORMATS, quiet_onnx_export
 from torchkeep.export.parity import Parity, compare_outputs
+from torchkeep.export.result import ExportResult, target_paths
 from torchkeep.models.build import build_model
 from torchkeep.storage import open_storage
 
@@ -38,14 +41,6 @@ LOADING = {
 
 def parity_images(source: str, schema: ImageSchema, data: str | None) -> tuple[torch.Tensor, str]:
     """Up to PARITY_IMAGES real images at the schema's size: from `data`, else the run's training data."""
-    from torchkeep.data.builtin import get_example
-    from torchkeep.data.image_io import (
-        is_idx_folder,
-        list_images,
-        read_images,
-        resize_arrays,
-    )
-
     settings: dict[str, Any] = {}
     if data is None:
         stripped = source.rstrip("/")
@@ -67,8 +62,6 @@ def parity_images(source: str, schema: ImageSchema, data: str | None) -> tuple[t
         pixels = read_images(data, size=schema.size, channels=schema.channels, need_labels=False).images
     else:
         root, files, _ = list_images(data, image_dir=image_dir, need_labels=False)
-        from torchkeep.data.image_io import decode_all
-
         storage = open_storage(root)
         pixels = decode_all(lambda key: storage.read(key), files[:PARITY_IMAGES], size=schema.size,
                             channels=schema.channels, skip_bad=True)[0]
@@ -111,9 +104,7 @@ def _parity(eager: nn.Module, run: Any, images: torch.Tensor, what: str, data: s
 
 def export_image_model(source: str, *, model: nn.Module, schema: ImageSchema, architecture: str,
                        model_args: dict[str, Any], metrics: dict[str, float], format: str, out: str,
-                       data: str | None) -> Any:
-    from torchkeep.export.exporter import ExportResult, target_paths
-
+                       data: str | None) -> ExportResult:
     images, data_name = parity_images(source, schema, data)
     if format == "bundle":
         storage = open_storage(out)
@@ -135,7 +126,7 @@ def export_image_model(source: str, *, model: nn.Module, schema: ImageSchema, ar
                                              + ("gray (L)" if schema.channels == 1 else "RGB")
                                              + f", resize to {schema.height}x{schema.width} (bilinear); normalization"
                                              " is inside the model"}},
-            "output": _output(schema), "labels": schema.target.labels if schema.target else None,
+            "output": output_spec(schema), "labels": schema.target.labels if schema.target else None,
             "model": {"architecture": architecture, "args": model_args}, "parity": parity.__dict__}
     readme = (f"{file_name}: a torchkeep image model ({architecture}), exported as {format}.\n\n"
               f"Input `image`: {json.dumps(spec['inputs']['image'])}\nOutput: {spec['output']['meaning']}\n\n"

@@ -19,6 +19,7 @@ from torchkeep.data.builtin import get_example
 from torchkeep.data.io import read_table
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import CheckpointError, DataError, StorageError
+from torchkeep.export.formats import input_names
 from torchkeep.storage import open_storage
 
 TOLERANCE = 1e-5
@@ -74,8 +75,6 @@ def parity_inputs(schema: TableSchema, data: str) -> dict[str, torch.Tensor]:
 def check_parity(eager: nn.Module, exported: Callable[..., torch.Tensor],
                  inputs: dict[str, torch.Tensor], *, what: str, data: str) -> Parity:
     """Max abs difference of the outputs on `inputs`; a CheckpointError when it exceeds TOLERANCE."""
-    from torchkeep.export.formats import input_names
-
     ordered = tuple(inputs[name] for name in input_names(inputs))
     with torch.no_grad():
         expected = eager.eval()(*ordered)

@@ -8,6 +8,7 @@ from torch import nn
 
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import ConfigError
+from torchkeep.models.imported import rebuild
 from torchkeep.models.tabular import (
     EntityEmbeddingMLP,
     TabularModelConfig,
@@ -61,8 +62,6 @@ def build_model(architecture: str, args: dict[str, Any]) -> nn.Module:
         case "entity_embedding_mlp":
             return EntityEmbeddingMLP(**args)
         case "python":  # a user's own class, {"import": "module:QualName", "args": {...}}: imported only here
-            from torchkeep.models.imported import rebuild
-
             return rebuild(args)
         case "image_cnn":
             return SmallCNN(**args)

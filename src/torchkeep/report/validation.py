@@ -9,8 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from torchkeep.config import RunConfig
+from torchkeep.data.loader import BatchLoader
 from torchkeep.errors import DataError
+from torchkeep.predict.load import load
+from torchkeep.predict.predictor import EVAL_BATCH_ROWS
+from torchkeep.run.tables import load_data, split, table_fingerprint
+from torchkeep.storage import open_storage
+from torchkeep.training.loop import predict_outputs
+from torchkeep.training.metrics import metrics_for_task
 
 log = logging.getLogger("torchkeep")
 
@@ -30,26 +39,17 @@ def validation_outputs(run_dir: str, data: Any = None) -> ValidationOutputs:
 
     `data`: the frame an in-memory run was trained on (a path run reads its data again).
     """
-    import torch
-
-    from torchkeep.api import EVAL_BATCH_ROWS, _fingerprint, _load_data, _split, load
-    from torchkeep.config import RunConfig
-    from torchkeep.data.loader import BatchLoader
-    from torchkeep.storage import open_storage
-    from torchkeep.training.loop import predict_outputs
-    from torchkeep.training.metrics import metrics_for_task
-
     storage = open_storage(run_dir)
     saved = json.loads(storage.read("config.json"))
     config = RunConfig.from_dict(saved, source=f"{run_dir}/config.json")
     if data is None and config.data.path is None and config.data.example is None:
         raise DataError("the run was trained on an in-memory frame; pass it to report(run_dir, data=frame)")
-    frame, _, config = _load_data(config, data)
+    frame, _, config = load_data(config, data)
     started_with = json.loads(storage.read("run.json")).get("data") or {}
-    if started_with and started_with.get("hash") != _fingerprint(frame)["hash"]:
+    if started_with and started_with.get("hash") != table_fingerprint(frame)["hash"]:
         log.warning("%s changed since the run was trained: the validation split is not the one it saw",
                     config.data.path or "the data")
-    _, valid_frame = _split(frame, config)
+    _, valid_frame = split(frame, config)
     predictor = load(run_dir)
     schema = predictor.schema
     assert schema.target is not None

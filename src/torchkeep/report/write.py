@@ -11,6 +11,7 @@ from typing import Any
 from torchkeep.errors import DataError, TorchkeepError
 from torchkeep.report import plots
 from torchkeep.report.summary import RunSummary, summarize_run, summary_markdown
+from torchkeep.report.validation import validation_outputs
 from torchkeep.storage import open_storage
 from torchkeep.track.events import metric_names
 
@@ -69,8 +70,6 @@ def write_report(run_dir: str, out: str | None = None, *, data: Any = None) -> R
 
 
 def _validation_plots(run_dir: str, data: Any, summary: RunSummary, save: Any, report: Report) -> None:
-    from torchkeep.report.validation import validation_outputs
-
     kind = "ROC curve" if summary.task == "binary" else "predicted-vs-actual plot"
     try:
         scored = validation_outputs(run_dir, data)

@@ -3,7 +3,7 @@
 POST /predict is served by a lean ASGI handler (no framework code per request); FastAPI serves the rest.
 
     POST /predict   {"rows": [{...}, ...]} or one row {...} -> {"predictions": [...]}
-                    a model of torchkeep.fit: {"inputs": ...} -> {"outputs": [...]} (serve/tensors.py)
+                    a model of torchkeep.fit: {"inputs": ...} -> {"outputs": [...]} (serve/own_model.py)
     GET  /health    200 when the model answers (checked at start, kept by the batcher), else 503
     GET  /metadata  columns, types, known categories, task, metrics, limits
     /docs, /openapi.json
@@ -27,8 +27,12 @@ from typing import Any
 
 import polars as pl
 
-from torchkeep.errors import ConfigError
+from torchkeep.errors import ConfigError, MissingExtraError
+from torchkeep.predict.load import load
+from torchkeep.predict.own_model import TensorPredictor
 from torchkeep.serve.batcher import Batcher
+from torchkeep.serve.images import ImageRowValidator
+from torchkeep.serve.own_model import TensorRequests
 from torchkeep.serve.validate import RequestError, RowValidator
 
 log = logging.getLogger("torchkeep")
@@ -143,16 +147,10 @@ def create_app(predictor: Any, config: ServeConfig) -> ServeApp:
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse, Response
 
-    from torchkeep.tensor_predictor import TensorPredictor
-
-    own = isinstance(predictor, TensorPredictor)  # a model of torchkeep.fit: JSON tensors (serve/tensors.py)
+    own = isinstance(predictor, TensorPredictor)  # a model of torchkeep.fit: JSON tensors (serve/own_model.py)
     if own:
-        from torchkeep.serve.tensors import TensorRequests
-
         validator: Any = TensorRequests(predictor, max_rows=config.max_rows_per_request, strict=config.strict)
     elif getattr(predictor.schema, "kind", "table") == "image":  # base64 images in JSON, or multipart uploads
-        from torchkeep.serve.images import ImageRowValidator
-
         validator = ImageRowValidator(predictor.schema, max_rows=config.max_rows_per_request, strict=config.strict)
     else:
         validator = RowValidator(predictor.schema, max_rows=config.max_rows_per_request, strict=config.strict)
@@ -300,12 +298,8 @@ def serve(source: str, config: ServeConfig) -> None:
     try:
         import uvicorn
     except ImportError:
-        from torchkeep.errors import MissingExtraError
-
         raise MissingExtraError("uvicorn", "serve") from None
-    import torchkeep
-
-    predictor = torchkeep.load(source, device=config.device)
+    predictor = load(source, device=config.device)
     app = create_app(predictor, config)
     print(f"serving {source} ({predictor.task or 'tensors'}) on http://{config.host}:{config.port}"
           f"  docs: http://{config.host}:{config.port}/docs", flush=True)

@@ -6,6 +6,7 @@ import os
 from typing import Protocol
 
 from torchkeep.errors import ConfigError, StorageError
+from torchkeep.storage.local import LocalStorage
 
 S3_BACKENDS = ("boto3", "s3torchconnector")
 
@@ -53,6 +54,4 @@ def open_storage(uri: str, *, s3_backend: str | None = None) -> Storage:
     if "://" in uri and not uri.startswith("file://"):
         scheme = uri.split("://", 1)[0]
         raise StorageError(f"{uri}: unsupported scheme '{scheme}://' (expected a local path or file://)")
-    from torchkeep.storage.local import LocalStorage
-
     return LocalStorage(uri.removeprefix("file://"))

@@ -18,8 +18,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from torchkeep.training.metrics import HIGHER_IS_BETTER
 
+# Metrics where a larger value is better (the rest: smaller); training/metrics.py re-exports it.
+HIGHER_IS_BETTER = {"accuracy", "roc_auc", "r2"}
 TOP_LEVEL = ("lr", "rows_per_s")
 
 

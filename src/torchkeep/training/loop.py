@@ -50,7 +50,7 @@ class TrainConfig:
     # CPU threads for torch (None: torch's default, one per core). On a machine shared with other
     # busy processes, fewer threads than cores avoid stalls where threads wait on each other.
     threads: int | None = None
-    # Exponential moving average of the weights (train/ema.py), updated after every optimizer step;
+    # Exponential moving average of the weights (training/ema.py), updated after every optimizer step;
     # validation, the best-epoch pick and the final weights use it. None: off.
     ema_decay: float | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)

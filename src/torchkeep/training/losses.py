@@ -16,7 +16,7 @@ from torchkeep.errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# The task whose metrics (train/metrics.py) go with each named loss.
+# The task whose metrics (training/metrics.py) go with each named loss.
 TASKS = {"cross_entropy": "multiclass", "bce": "binary", "mse": "regression"}
 
 

@@ -7,11 +7,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from torchkeep.track.events import HIGHER_IS_BETTER  # noqa: F401 (re-exported: which way each metric is better)
+
 MetricFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 
-# What early stopping and best-k watch by default, and which way is better.
+# What early stopping and best-k watch by default, and which way is better for each.
 DEFAULT_MONITOR = {"binary": ("roc_auc", "max"), "multiclass": ("log_loss", "min"), "regression": ("rmse", "min")}
-HIGHER_IS_BETTER = {"accuracy", "roc_auc", "r2"}
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -17,7 +17,7 @@ SCHEDULES = ("onecycle", "constant", "cosine")
 @dataclass(kw_only=True)
 class OptimConfig:
     optimizer: str = "adamw"
-    # The peak learning rate under one-cycle. 3e-3 over the step budget (train/budget.py) beat 1e-2 and
+    # The peak learning rate under one-cycle. 3e-3 over the step budget (training/budget.py) beat 1e-2 and
     # 1e-3 on the tabular suite's small tables (bench/README.md); 1e-2 suited 3 epochs of batch 1024.
     lr: float = 3e-3
     weight_decay: float = 1e-2

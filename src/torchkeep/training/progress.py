@@ -6,10 +6,10 @@ import sys
 import time
 from typing import Any, TextIO
 
+from torchkeep.training.metrics import for_display
+
 
 def _format(metrics: dict[str, float]) -> str:
-    from torchkeep.training.metrics import for_display
-
     return "  ".join(f"{k} {v:.4f}" for k, v in for_display(metrics).items())
 
 

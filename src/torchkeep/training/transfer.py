@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -32,7 +33,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchkeep.bundle import BUNDLE_FILE, read_bundle
+from torchkeep.checkpoint import format as checkpoint_format
+from torchkeep.checkpoint import tensors as tensor_files
+from torchkeep.checkpoint.convert import is_state_dict
+from torchkeep.checkpoint.manager import MODEL_FILE
+from torchkeep.checkpoint.torchfile import load_weights_only, read_file
 from torchkeep.errors import CheckpointError, ConfigError
+from torchkeep.storage import open_storage
+from torchkeep.training.ema import ema_weights_in_files
 
 log = logging.getLogger("torchkeep")
 
@@ -75,8 +84,6 @@ class Pretrained:
 
 
 def _state_dict_in(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    from torchkeep.checkpoint.convert import is_state_dict
-
     if is_state_dict(obj):
         return obj
     if isinstance(obj, dict):
@@ -96,15 +103,6 @@ def _strip_wrapper_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def _read_run(source: str) -> Pretrained | None:
-    import json
-
-    from torchkeep.checkpoint import format as checkpoint_format
-    from torchkeep.checkpoint import tensors as tensor_files
-    from torchkeep.checkpoint.manager import MODEL_FILE
-    from torchkeep.export.bundle import BUNDLE_FILE, read_bundle
-    from torchkeep.storage import open_storage
-    from torchkeep.training.ema import ema_weights_in_files
-
     storage = open_storage(source)
     for prefix in ("bundle", ""):
         if storage.exists(f"{prefix}/{BUNDLE_FILE}" if prefix else BUNDLE_FILE):
@@ -134,9 +132,6 @@ def _read_run(source: str) -> Pretrained | None:
 def read_pretrained(source: str) -> Pretrained:
     """The weights of a torchkeep run (its bundle, else its newest valid checkpoint), a bundle, a
     `.safetensors` file, or a `.pth`/`.pt` state_dict (bare or inside a checkpoint dict); local or s3://."""
-    from torchkeep.checkpoint import tensors as tensor_files
-    from torchkeep.checkpoint.torchfile import load_weights_only, read_file
-
     name = source.rstrip("/").lower()
     if name.endswith(".safetensors"):
         return Pretrained(source, "safetensors", tensor_files.decode(read_file(source), source))

@@ -15,22 +15,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from torchkeep.api import _read_json, _write_json, finish_run
-from torchkeep.checkpoint import Checkpointer
+from torchkeep.bundle import write_bundle
 from torchkeep.config import CheckpointConfig
 from torchkeep.data.inputs import Prepared, describe_inputs, prepare, sample_target
-from torchkeep.errors import ConfigError, DataError
-from torchkeep.export.bundle import write_bundle
+from torchkeep.errors import ConfigError, DataError, TorchkeepError
+from torchkeep.export.own_model import export_module
 from torchkeep.models.imported import ARCHITECTURE, constructor_args, import_path, import_problem
-from torchkeep.storage import open_storage
-from torchkeep.track import TrackConfig, Tracker, build_trackers, close_trackers
+from torchkeep.run.rundir import RunDir, fingerprint
+from torchkeep.run.session import checkpointer_for, train_session
+from torchkeep.track import TrackConfig
 from torchkeep.training import loop
 from torchkeep.training.losses import TASKS, LossFn, infer_loss, named_loss
 from torchkeep.training.metrics import DEFAULT_MONITOR, HIGHER_IS_BETTER, MetricFn, metrics_for_task
@@ -107,7 +107,10 @@ def _metrics(metrics: str | MetricFn | None, loss_name: str | None) -> tuple[Met
 
 
 def _fingerprint(prepared: Prepared, inputs: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": prepared.kind, "rows": prepared.rows, "inputs": inputs["inputs"], "target": inputs["target"]}
+    """The tensors' names, dtypes and shapes stand for the content (the data lives in the user's script)."""
+    described = json.dumps([inputs["inputs"], inputs["target"]], sort_keys=True, default=str).encode()
+    return fingerprint(prepared.rows, [spec["name"] for spec in inputs["inputs"]], described, kind=prepared.kind,
+                       inputs=inputs["inputs"], target=inputs["target"])
 
 
 def _check_same_data(saved: dict[str, Any], found: dict[str, Any], run_dir: str) -> None:
@@ -164,25 +167,22 @@ def fit(
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be an nn.Module (got {type(model).__name__})")
-    if run_dir is None:
-        if resume:
-            raise ConfigError("resume=True needs the run_dir of the run to continue")
-        run_dir = f"runs/{type(model).__name__.lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_dir is None and resume:
+        raise ConfigError("resume=True needs the run_dir of the run to continue")
     progress = progress or Progress(quiet=quiet)
-    storage = open_storage(run_dir)
-    existing = storage.exists("run.json")  # written last when a run is set up
-    if existing and not resume:
-        raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with resume=True or choose"
-                          " another run_dir")
+    run = RunDir.open(run_dir) if resume else RunDir.new(run_dir, type(model).__name__.lower(),
+                                                         resume_hint="resume=True", run_dir_hint="run_dir")
+    existing = run.started  # run.json is written last when a run is set up
     if existing:
-        spec = _read_json(storage, "model.json", run_dir) if storage.exists("model.json") else {}
+        spec = run.read("model.json") if run.exists("model.json") else {}
         if spec.get("architecture") != ARCHITECTURE:
-            raise ConfigError(f"{run_dir}: a table run; continue it with torchkeep.train(resume={run_dir!r})")
-        train_config, checkpoint_config, track_config = _saved_settings(_read_json(storage, "config.json", run_dir), config, run_dir)
+            raise ConfigError(f"{run.path}: a table run; continue it with torchkeep.train(resume={run.path!r})")
+        train_config, checkpoint_config, track_config = _saved_settings(run.read("config.json"), config, run.path)
     else:
         if resume:
-            progress.message(f"{run_dir}: no run there yet; starting it")
+            progress.message(f"{run.path}: no run there yet; starting it")
         train_config, checkpoint_config, track_config = _settings(config)
+    run_dir = run.path
 
     settings = {"batch_size": train_config.batch_size, "seed": train_config.seed, "num_workers": num_workers,
                 "explicit_batch_size": "batch_size" in config}
@@ -196,10 +196,10 @@ def fit(
     inputs = describe_inputs(train.sample)
     loss_fn, loss_name = _loss(loss, train)
     metrics_fn, task = _metrics(metrics, loss_name)
-    fingerprint = _fingerprint(train, inputs)
+    found = _fingerprint(train, inputs)
 
     if existing:
-        _check_same_data(_read_json(storage, "run.json", run_dir)["data"], fingerprint, run_dir)
+        _check_same_data(run.read("run.json")["data"], found, run_dir)
         model_spec = spec["args"]
         if model_args is not None and model_args != model_spec["args"]:
             raise ConfigError(f"{run_dir}: model_args were {model_spec['args']} when the run started, now {model_args}")
@@ -217,56 +217,34 @@ def fit(
         loop.check_device(train_config.device)
         settings_json = {"run_dir": run_dir, "data": {"task": task}, "train": dataclasses.asdict(train_config),
                          "checkpoint": dataclasses.asdict(checkpoint_config), "track": dataclasses.asdict(track_config)}
-        _write_json(storage, "config.json", settings_json)
-        _write_json(storage, "model.json", {"architecture": ARCHITECTURE, "args": model_spec, "inputs": inputs,
-                                            "loss": loss_name or "callable", "task": task})
-        _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": fingerprint})
+        run.write_setup(config=settings_json, data=found,
+                        model={"architecture": ARCHITECTURE, "args": model_spec, "inputs": inputs,
+                               "loss": loss_name or "callable", "task": task})
 
     monitor = train_config.monitor or "loss"
     mode = train_config.monitor_mode or ("max" if monitor in HIGHER_IS_BETTER else "min")
-    keep_best = (f"valid_{monitor}", mode) if checkpoint_config.keep_best and valid is not None else None
-    checkpointer = Checkpointer(run_dir, keep_last=checkpoint_config.keep_last, keep_best=keep_best,
-                                async_save=checkpoint_config.async_save)
-    trackers: list[Tracker] = []
+    checkpointer = checkpointer_for(run, checkpoint_config, (f"valid_{monitor}", mode) if valid is not None else None)
     progress.message(f"training {type(model).__name__} on {train.rows:,} rows"
                      + (f" ({valid.rows:,} for validation)" if valid else "") + f" -> {run_dir}")
-    status, valid_metrics, bundle = "failed", {}, ""
-    started = time.time()
-    try:
-        trackers = build_trackers(track_config.trackers, run_dir, _read_json(storage, "config.json", run_dir))
-        result = loop.fit(
-            model, loss_fn, train.loader, config=train_config, valid_loader=valid.loader if valid else None,
-            metrics_fn=metrics_fn, checkpointer=checkpointer, checkpoint_every_steps=checkpoint_config.every_steps,
-            checkpoint_every_epoch=checkpoint_config.every_epoch, trackers=trackers, progress=progress,
-            resume=existing, stop_at_step=stop_at_step,
-        )
-        valid_metrics = result.valid
-        if stop_at_step is not None and result.state.step == stop_at_step:
-            status = "stopped"
-        else:
-            write_bundle(storage, model=model, architecture=ARCHITECTURE, model_args=model_spec, schema=None,
-                         preprocessor=inputs, task=task, metrics={f"valid_{k}": v for k, v in valid_metrics.items()},
-                         prefix="bundle")
-            bundle = f"{run_dir.rstrip('/')}/bundle"
-            if model_spec["args"] is None:
-                _export_without_class(model, inputs, f"{run_dir.rstrip('/')}/export")
-            status = "complete"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        checkpointer.close()
-        close_trackers(trackers)
-        finish_run(storage, run_dir, status, started, valid_metrics if status == "complete" else None)
-    return ModelRun(run_dir=run_dir, model=model, valid=valid_metrics, history=result.history, state=result.state,
-                    bundle=bundle)
+
+    def save_bundle(valid_metrics: dict[str, float]) -> None:
+        write_bundle(run.storage, model=model, architecture=ARCHITECTURE, model_args=model_spec, schema=None,
+                     preprocessor=inputs, task=task, metrics={f"valid_{k}": v for k, v in valid_metrics.items()},
+                     prefix="bundle")
+        if model_spec["args"] is None:
+            _export_without_class(model, inputs, f"{run_dir.rstrip('/')}/export")
+
+    result, complete = train_session(
+        run, model=model, loss_fn=loss_fn, metrics_fn=metrics_fn, train_loader=train.loader,
+        valid_loader=valid.loader if valid else None, train_config=train_config, checkpoint_config=checkpoint_config,
+        checkpointer=checkpointer, trackers=track_config.trackers, tracked_config=run.read("config.json"),
+        progress=progress, resume=existing, stop_at_step=stop_at_step, save_bundle=save_bundle)
+    return ModelRun(run_dir=run_dir, model=model, valid=result.valid, history=result.history, state=result.state,
+                    bundle=run.bundle if complete else "")
 
 
 def _export_without_class(model: nn.Module, inputs: dict[str, Any], out: str) -> None:
     """A bundle that cannot rebuild its class still leaves a model that runs: a parity-checked pt2 export."""
-    from torchkeep.errors import TorchkeepError
-    from torchkeep.export.tensors import export_module
-
     try:
         # a copy: the export moves its model to the CPU and to eval mode, and the caller's stays as it is
         result = export_module(copy.deepcopy(model), inputs, {"import": import_path(type(model)), "args": None},

@@ -12,19 +12,14 @@ a size), so that the layers after the embeddings have the same shapes and load t
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from torchkeep.data.table import TableSchema
 from torchkeep.models.tabular import TabularModelConfig
-from torchkeep.training.transfer import Adapt, Pretrained, read_pretrained
-
-if TYPE_CHECKING:
-    from torchkeep.config import RunConfig
+from torchkeep.training.transfer import Adapt, Pretrained
 
 PREFIX = "embeddings"
 
@@ -43,20 +38,6 @@ def _source_columns(pretrained: Pretrained) -> dict[str, tuple[int, list[Any]]]:
         return {}
     return {column.name: (index, column.levels) for index, column in enumerate(schema.categorical)
             if f"{PREFIX}.{index}.weight" in pretrained.weights}
-
-
-def read_init_from(config: RunConfig, schema: TableSchema) -> tuple[Pretrained | None, RunConfig]:
-    """The `init_from` weights, read before a run makes its directory, and the config with the path made
-    absolute (a restart reads it again from anywhere) and the pretrained embedding sizes kept."""
-    source = config.train.transfer.init_from
-    if source is None:
-        return None, config
-    if "://" not in source:
-        source = os.path.abspath(source)
-    pretrained = read_pretrained(source)
-    transfer = dataclasses.replace(config.train.transfer, init_from=source)
-    model = dataclasses.replace(config.model, embedding_dims=embedding_dims(pretrained, config.model, schema))
-    return pretrained, dataclasses.replace(config, model=model, train=dataclasses.replace(config.train, transfer=transfer))
 
 
 def embedding_dims(pretrained: Pretrained, config: TabularModelConfig, schema: TableSchema) -> dict[str, int]:

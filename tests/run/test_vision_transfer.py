@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from torchkeep.data.images import ImageSchema
 from torchkeep.data.table import TargetSpec
 from torchkeep.models.vision import SmallCNN
-from torchkeep.models.vision_transfer import head_aligner
+from torchkeep.run.images_transfer import head_aligner
 from torchkeep.training.transfer import Pretrained, load_pretrained
 
 

@@ -22,7 +22,7 @@ import torch
 from torchkeep.data.inputs import INPUT
 from torchkeep.errors import ServeError
 from torchkeep.serve.validate import RequestError
-from torchkeep.tensor_files import decode_outputs
+from torchkeep.predict.array_files import decode_outputs
 
 
 def servable_problem(inputs: dict[str, Any]) -> str | None:
@@ -205,7 +205,7 @@ class TensorRequests:
         return answers
 
     def _decoded(self, outputs: torch.Tensor) -> list[dict[str, Any] | None]:
-        """What the task says the outputs mean (tensor_files.decode_outputs), in the table server's shape."""
+        """What the task says the outputs mean (predict/array_files.decode_outputs), in the table server's shape."""
         decoded = decode_outputs(outputs, self.task)
         if decoded is None:
             return [None] * len(outputs)

@@ -7,28 +7,30 @@ B, and the replayed model and optimizer tensors are compared with B's bit for bi
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from typing import Any
 
 import torch
 
-from torchkeep.api import _read_json, _write_json, train
+from torchkeep.checkpoint import format as checkpoint_format
+from torchkeep.checkpoint import tensors as tensor_files
+from torchkeep.checkpoint.manager import MODEL_FILE, STATE_TENSORS_FILE
 from torchkeep.errors import CheckpointError, ConfigError
+from torchkeep.predict.own_model import is_own_run
+from torchkeep.run.train import train
 from torchkeep.storage import open_storage
-from torchkeep.tensor_predictor import is_own_run
+from torchkeep.storage.jsonfile import read_json, write_json
 
 
 def verify_resume(run_dir: str, from_step: int | None = None, scratch: str | None = None) -> dict[str, Any]:
     """Self-test of exact resume: restore checkpoint A of a run in a scratch copy, replay training to
     the next checkpoint B, and compare model and optimizer tensors with B's bit for bit."""
-    import tempfile
-
-    from torchkeep.checkpoint import format as checkpoint_format
-
     storage = open_storage(run_dir)
     if is_own_run(storage):
         raise ConfigError(f"{run_dir}: a run of torchkeep.fit; the replay rebuilds only torchkeep train runs (their data"
                           " is a file), a torchkeep.fit run's data lives in your script")
-    _read_json(storage, "config.json", run_dir)
+    read_json(storage, "config.json", run_dir)
     steps = [i.step for i in checkpoint_format.list_checkpoints(storage) if i.status == "complete"]
     if from_step is None and len(steps) >= 2:
         from_step = steps[-2]
@@ -42,23 +44,17 @@ def verify_resume(run_dir: str, from_step: int | None = None, scratch: str | Non
         return _replay_and_compare(storage, run_dir, open_storage(scratch), scratch, from_step, to_step)
     finally:
         if own_scratch:
-            import shutil
-
             shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _replay_and_compare(storage: Any, run_dir: str, copy: Any, scratch: str, from_step: int, to_step: int) -> dict[str, Any]:
-    from torchkeep.checkpoint import format as checkpoint_format
-    from torchkeep.checkpoint import tensors as tensor_files
-    from torchkeep.checkpoint.manager import MODEL_FILE, STATE_TENSORS_FILE
-
     for key in ("config.json", "schema.json", "model.json", "run.json", "transfer.json"):
         if key != "transfer.json" or storage.exists(key):  # transfer.json: only runs started from other weights
             copy.write(key, storage.read(key))
     # The replay is a self-test, not a run: no TensorBoard run or W&B run for it (JSONL only).
     config = json.loads(storage.read("config.json"))
     config["track"] = {"trackers": ["jsonl"]}
-    _write_json(copy, "config.json", config)
+    write_json(copy, "config.json", config)
     start = f"{checkpoint_format.PREFIX}/{checkpoint_format.checkpoint_name(from_step)}"
     for key in storage.list(start):
         copy.write(key, storage.read(key))

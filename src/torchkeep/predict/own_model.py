@@ -17,22 +17,16 @@ from torch import nn
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.data.inputs import INPUT
 from torchkeep.errors import CheckpointError, DataError
-from torchkeep.export.bundle import read_bundle
+from torchkeep.bundle import read_bundle
 from torchkeep.models.build import build_model
 from torchkeep.models.imported import ARCHITECTURE
 from torchkeep.storage import Storage
-from torchkeep.tensor_files import INPUT_SUFFIXES, read_inputs
+from torchkeep.storage.jsonfile import read_json
+from torchkeep.predict.array_files import INPUT_SUFFIXES, read_inputs
 from torchkeep.training.ema import ema_weights
 from torchkeep.training.metrics import metrics_for_task
 
 log = logging.getLogger("torchkeep")
-
-
-def _read_json(storage: Storage, key: str) -> Any:
-    try:
-        return json.loads(storage.read(key))
-    except ValueError as error:
-        raise CheckpointError(f"{storage.uri}/{key}: unreadable ({error})") from None
 
 
 class TensorPredictor:
@@ -40,7 +34,7 @@ class TensorPredictor:
 
     `predict` takes what the model was trained on: a tensor (`model(input)`), or a dict of tensors
     (`model(**inputs)`, a "target" key is ignored); numpy arrays too; or the path of a .npy, .npz or
-    .safetensors file of them (tensor_files.py). It checks names, dtypes and the number of dimensions
+    .safetensors file of them (array_files.py). It checks names, dtypes and the number of dimensions
     against the training inputs, casts floats to the trained float dtype, and runs the model under
     no_grad in batches of `batch_size` rows.
 
@@ -122,7 +116,7 @@ class TensorPredictor:
 
 def is_own_run(storage: Storage) -> bool:
     """Whether a run directory holds a run of torchkeep.fit (a user's own model)."""
-    return storage.exists("model.json") and _read_json(storage, "model.json").get("architecture") == ARCHITECTURE
+    return storage.exists("model.json") and read_json(storage, "model.json", storage.uri).get("architecture") == ARCHITECTURE
 
 
 def load_own_model(storage: Storage, path: str, device: torch.device | None = None) -> TensorPredictor | None:
@@ -134,14 +128,14 @@ def load_own_model(storage: Storage, path: str, device: torch.device | None = No
             try:
                 architecture = json.loads(storage.read(key)).get("architecture")
             except ValueError:
-                return None  # api.load reports the damaged bundle
+                return None  # load() (predict/load.py) reports the damaged bundle
             if architecture != ARCHITECTURE:
                 return None
             model, _, meta = read_bundle(storage, prefix)
             return TensorPredictor(model.to(device), meta, path)
     if not is_own_run(storage):
         return None
-    spec = _read_json(storage, "model.json")
+    spec = read_json(storage, "model.json", storage.uri)
     model = build_model(ARCHITECTURE, spec["args"])
     meta = {"architecture": ARCHITECTURE, "model_args": spec["args"], "preprocessor": spec["inputs"],
             "task": spec.get("task"), "checkpoint": load_unfinished(storage, model, path)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from torchkeep.config import DataConfig, RunConfig
-from torchkeep.text_setup import apply_text_defaults
+from torchkeep.run.text import apply_text_defaults
 
 
 def text_config(**data: object) -> RunConfig:

@@ -17,19 +17,14 @@ schema.json only.
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from torchkeep.data.images import ImageSchema, is_image_schema
 from torchkeep.data.table import TargetSpec
-from torchkeep.training.transfer import Adapt, Pretrained, read_pretrained
-
-if TYPE_CHECKING:
-    from torchkeep.config import RunConfig
+from torchkeep.training.transfer import Adapt, Pretrained
 
 HEAD = "head"
 
@@ -40,18 +35,6 @@ def source_schema(pretrained: Pretrained) -> ImageSchema | None:
     if not isinstance(schema, dict) or not is_image_schema(schema):
         return None
     return ImageSchema.from_dict(schema)
-
-
-def read_init_from(config: RunConfig) -> tuple[Pretrained | None, RunConfig]:
-    """The `init_from` weights, read before a run makes its directory, and the config with the path made
-    absolute (a resume reads it again from any working directory)."""
-    source = config.train.transfer.init_from
-    if source is None:
-        return None, config
-    if "://" not in source:
-        source = os.path.abspath(source)
-    transfer = dataclasses.replace(config.train.transfer, init_from=source)
-    return read_pretrained(source), dataclasses.replace(config, train=dataclasses.replace(config.train, transfer=transfer))
 
 
 Head = tuple[torch.Tensor, torch.Tensor] | None  # this run's (weight, bias), or None: keep the fresh head

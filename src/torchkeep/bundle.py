@@ -22,10 +22,12 @@ import torch
 from torch import nn
 
 from torchkeep.checkpoint import tensors as tensor_files
+from torchkeep.data.images import ImageSchema
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import CheckpointError, StorageError
 from torchkeep.models.build import build_model
 from torchkeep.storage import Storage
+from torchkeep.version import __version__
 
 BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,8 +36,6 @@ BUNDLE_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    from torchkeep import __version__
-
     return {"torchkeep": __version__, "torch": torch.__version__, "polars": pl.__version__,
             "python": platform.python_version()}
 
@@ -44,7 +44,7 @@ def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model
                  schema: TableSchema | None, metrics: dict[str, float], prefix: str = "",
                  preprocessor: dict[str, Any] | None = None, task: str | None = None) -> None:
     """`preprocessor` replaces the table one for a model without a TableSchema (`schema=None`): for a
-    user's own model, `{"kind": "tensors", ...}` describes the tensors it takes (see custom.py)."""
+    user's own model, `{"kind": "tensors", ...}` describes the tensors it takes (see run/own_model.py)."""
     base = f"{prefix}/" if prefix else ""
     assert (schema is None) != (preprocessor is None), "a bundle has one preprocessor"
     meta = {
@@ -71,8 +71,6 @@ def write_bundle(storage: Storage, *, model: nn.Module, architecture: str, model
 def schema_from_dict(data: dict[str, Any], kind: str = "table") -> Any:
     """The preprocessor saved in a bundle or run: a TableSchema, or an ImageSchema for image runs."""
     if kind == "image" or data.get("kind") == "image":
-        from torchkeep.data.images import ImageSchema
-
         return ImageSchema.from_dict(data)
     return TableSchema.from_dict(data)
 

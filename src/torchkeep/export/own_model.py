@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchkeep.bundle import read_bundle, versions, write_bundle
 from torchkeep.errors import CheckpointError, ConfigError, DataError, TorchkeepError
-from torchkeep.export.bundle import read_bundle, versions, write_bundle
-from torchkeep.export.exporter import FORMAT_NAMES, ExportResult, target_paths
+from torchkeep.export.result import FORMAT_NAMES, ExportResult, target_paths
 from torchkeep.export.formats import FORMATS, OUTPUT_NAME, quiet_onnx_export
 from torchkeep.export.parity import Parity, compare_outputs
 from torchkeep.models.imported import ARCHITECTURE

@@ -1,5 +1,5 @@
 """What a run with text columns does differently: its training defaults, the model's arguments and
-pretrained word vectors. Kept apart from api.py so that tables without text never meet it."""
+pretrained word vectors. Kept apart from run/tables.py so that tables without text never meet it."""
 
 from __future__ import annotations
 

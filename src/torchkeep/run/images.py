@@ -1,5 +1,5 @@
-"""The image side of the Python API: which data is images, reading and splitting it, and the settings
-image runs start from. `api.train`, `load`, `Predictor` call in here; tables never do.
+"""Image runs: which data is images, reading and splitting it, the settings image runs start from,
+and the two entry points of every kind, `start` a run and `reopen` one to resume.
 
 Every image is decoded (and every unreadable one reported or counted) before the run directory is
 written, so bad data leaves no run behind, as for tables.
@@ -8,10 +8,8 @@ written, so bad data leaves no run behind, as for tables.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +20,26 @@ from torchkeep.config import RunConfig
 from torchkeep.data.builtin import get_example
 from torchkeep.data.image_io import (
     RawImages,
+    decode_all,
     decode_image,
     is_idx_folder,
     list_images,
     read_images,
     resize_arrays,
 )
-from torchkeep.data.images import AugmentingLoader, ImageFileDataset, ImageSchema
-from torchkeep.data.loader import BatchLoader, DatasetLoader
+from torchkeep.data.images import ImageFileDataset, ImageSchema
 from torchkeep.errors import ConfigError, DataError
 from torchkeep.models.build import build_model
 from torchkeep.models.vision import vision_model_args
-from torchkeep.models.vision_transfer import head_aligner, read_init_from
+from torchkeep.run.images_transfer import head_aligner
+from torchkeep.run.rundir import RunDir, fingerprint, split_index
+from torchkeep.run.session import Setup
+from torchkeep.run.settings import read_init_from, with_monitor
 from torchkeep.storage import open_storage
 from torchkeep.training.loop import TrainConfig, check_device
 from torchkeep.training.optim import OptimConfig
 from torchkeep.training.progress import Progress
-from torchkeep.training.transfer import Pretrained, check_transfer
+from torchkeep.training.transfer import check_transfer
 
 IMAGE_ARCHITECTURES = {"cnn": "image_cnn", "mlp": "image_mlp"}
 # Image runs start from these instead of the table defaults (3 epochs of 1024 rows suit 50k-row
@@ -52,38 +53,6 @@ IMAGE_TRAIN_DEFAULTS = {"epochs": 30, "batch_size": 64}
 IMAGE_OPTIM_DEFAULTS = {"lr": 3e-3}
 IMAGE_DATA_DEFAULTS = {"augment_pad": 1}
 TABLE_SUFFIXES = (".csv", ".parquet")
-
-
-@dataclass
-class Prepared:
-    """What `api.train` needs from the image side to run its one shared training path."""
-
-    run_dir: str
-    storage: Any
-    config: RunConfig
-    schema: ImageSchema
-    architecture: str
-    model_args: dict[str, Any]
-    train_tensors: dict[str, torch.Tensor] | None  # None: over the memory budget, streamed from files
-    valid_tensors: dict[str, torch.Tensor] | None
-    streamed: tuple[ImageFileDataset, ImageFileDataset] | None = None
-    pretrained: Pretrained | None = None  # init_from, read once while preparing (checked, then loaded)
-
-    def loaders(self, eval_rows: int) -> tuple[Any, Any]:
-        """(training loader, validation loader): whole batches from memory, or DatasetLoader workers."""
-        data, train = self.config.data, self.config.train
-        if self.streamed is None:
-            assert self.train_tensors is not None and self.valid_tensors is not None
-            loader: Any = BatchLoader(self.train_tensors, train.batch_size, shuffle=True, seed=train.seed)
-            valid: Any = BatchLoader(self.valid_tensors, eval_rows, shuffle=False)
-        else:
-            knobs = {"num_workers": data.num_workers, "pin_memory": data.pin_memory,
-                     "persistent_workers": data.persistent_workers, "prefetch_factor": data.prefetch_factor}
-            loader = DatasetLoader(self.streamed[0], train.batch_size, shuffle=True, seed=train.seed, **knobs)
-            valid = DatasetLoader(self.streamed[1], eval_rows, shuffle=False, **knobs)
-        if data.augment_pad or data.augment_flip:
-            loader = AugmentingLoader(loader, pad=data.augment_pad, flip=data.augment_flip)
-        return loader, valid
 
 
 def is_image_path(path: str) -> bool:
@@ -162,17 +131,14 @@ def _plan_streaming(config: RunConfig, data: Any) -> tuple[str, list[str], list[
 def _streamed(config: RunConfig, plan: tuple[str, list[str], list[Any]], schema: ImageSchema | None,
               progress: Progress) -> tuple[ImageSchema, tuple[ImageFileDataset, ImageFileDataset], dict[str, Any]]:
     """Datasets that decode one file per item; the schema's statistics from a sample of training images."""
-    from torchkeep.data.image_io import decode_all
-
     root, files, labels = plan
     if config.data.valid_path:
         raise ConfigError("a validation set (--valid) with images over the memory budget is not supported;"
                           " use --valid-fraction, or raise --image-memory-gib")
     if config.data.skip_bad_images:
         files, labels = _readable(config, root, files, labels, progress)
-    order = np.random.default_rng(config.train.seed).permutation(len(files))
-    n_valid = max(1, round(len(files) * config.data.valid_fraction))
-    train_index, valid_index = order[n_valid:], order[:n_valid]
+    train_index, valid_index = split_index(len(files), seed=config.train.seed, valid_fraction=config.data.valid_fraction,
+                                           what=config.data.path or "data", unit="image")
     if schema is None:
         sample = train_index[:: max(1, len(train_index) // 2000)]
         settings = config.data
@@ -184,14 +150,12 @@ def _streamed(config: RunConfig, plan: tuple[str, list[str], list[Any]], schema:
         schema = ImageSchema.fit(sampled, task=config.data.task, source=f"{config.data.path} (training split)")
         progress.message(f"{len(files):,} images are over the memory budget ({config.data.image_memory_bytes / 2**30:.2f}"
                          f" GiB decoded): streaming them from files with DataLoader workers")
-    import polars as pl
-
     def dataset(index: np.ndarray) -> ImageFileDataset:
-        targets = schema._labels.encode_target(pl.DataFrame({"label": [labels[i] for i in index]}), str(config.data.path))
+        targets = schema.encode_labels([labels[i] for i in index], str(config.data.path))
         return ImageFileDataset(schema, root, [files[i] for i in index], targets)
 
-    digest = hashlib.sha256("\n".join(f"{f}\t{v}" for f, v in zip(files, labels)).encode()).hexdigest()[:16]
-    found = {"rows": len(files), "columns": ["image", "label"], "hash": int(digest, 16), "streaming": True}
+    listing = "\n".join(f"{f}\t{v}" for f, v in zip(files, labels)).encode()
+    found = fingerprint(len(files), ["image", "label"], listing, streaming=True)
     return schema, (dataset(train_index), dataset(valid_index)), found
 
 
@@ -200,8 +164,6 @@ def _readable(config: RunConfig, root: str, files: list[str], labels: list[Any],
     """--skip-bad-images with streaming: every file decoded once up front (in chunks, pixels dropped), so
     unreadable ones are left out and counted before the split, as in memory, and never fail a run mid-way.
     Costs one decode pass over the data; without --skip-bad-images a bad file stops the run naming it."""
-    from torchkeep.data.image_io import decode_all
-
     settings = config.data
     size = (settings.image_size[0], settings.image_size[-1]) if settings.image_size else None
     storage = open_storage(root)
@@ -222,18 +184,16 @@ def _readable(config: RunConfig, root: str, files: list[str], labels: list[Any],
     return [files[i] for i in kept], [labels[i] for i in kept]
 
 
-def _split(raw: RawImages, config: RunConfig, progress: Progress, schema: ImageSchema | None) -> tuple[RawImages, RawImages]:
+def split(raw: RawImages, config: RunConfig, progress: Progress, schema: ImageSchema | None) -> tuple[RawImages, RawImages]:
     if config.data.valid_path:
         size = schema.size if schema else None
         valid, _, _ = _read(dataclasses.replace(config, data=dataclasses.replace(config.data, image_dir=None)),
                             config.data.valid_path, progress, size=size, channels=schema.channels if schema else None)
         return raw, valid
-    count = len(raw.images)
-    if count < 2:
-        raise DataError(f"{config.data.path or 'data'}: {count} image(s) cannot be split into training and validation")
-    order = np.random.default_rng(config.train.seed).permutation(count)
-    n_valid = max(1, round(count * config.data.valid_fraction))
-    return _subset(raw, order[n_valid:]), _subset(raw, order[:n_valid])
+    train_index, valid_index = split_index(len(raw.images), seed=config.train.seed,
+                                           valid_fraction=config.data.valid_fraction, what=config.data.path or "data",
+                                           unit="image")
+    return _subset(raw, train_index), _subset(raw, valid_index)
 
 
 def _subset(raw: RawImages, index: np.ndarray) -> RawImages:
@@ -241,9 +201,8 @@ def _subset(raw: RawImages, index: np.ndarray) -> RawImages:
     return RawImages(images=raw.images[index], labels=labels, files=[raw.files[i] for i in index], skipped=[])
 
 
-def fingerprint(raw: RawImages) -> dict[str, Any]:
-    digest = hashlib.sha256(np.ascontiguousarray(raw.images).data).hexdigest()[:16]
-    return {"rows": len(raw.images), "columns": ["image", "label"], "hash": int(digest, 16)}
+def images_fingerprint(raw: RawImages) -> dict[str, Any]:
+    return fingerprint(len(raw.images), ["image", "label"], raw.images)
 
 
 def _image_defaults(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -258,47 +217,40 @@ def _image_defaults(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         config.train, optim=dataclasses.replace(config.train.optim, **optim), **train))
 
 
-def prepare(data: Any, *, target: str | None, config: RunConfig | None, overrides: dict[str, Any],
-            resume: str | None, progress: Progress) -> Prepared | None:
-    """Set up (or reopen) an image run; None when the data is a table (or the call is for api.train to refuse)."""
-    from torchkeep.api import _override, _read_json, _write_json
-    from torchkeep.training.metrics import DEFAULT_MONITOR
+def reopen(run: RunDir, data: Any, progress: Progress) -> Setup:
+    """An image run to resume: its saved config and schema, the same images (checked), the same split."""
+    spec = run.read("model.json")
+    config = RunConfig.from_dict(run.read("config.json"), source=f"{run.path}/config.json")
+    schema = ImageSchema.from_dict(run.read("schema.json"))
+    saved = run.read("run.json")["data"]
+    if saved.get("streaming"):
+        plan = _plan_streaming(config, data)
+        if plan is None:
+            raise DataError(f"{config.data.path}: the run streamed its images and they now fit in memory; resume needs the same data")
+        schema, streamed, found = _streamed(config, plan, schema, progress)
+        if (saved["rows"], saved["hash"]) != (found["rows"], found["hash"]):
+            raise DataError(f"{config.data.path}: its files or labels changed since the run started; resume needs the same data")
+        return Setup(run, config, schema, spec["architecture"], spec["args"], None, None, streamed)
+    raw, _, config = _read(config, data, progress, size=schema.size, channels=schema.channels)
+    found = images_fingerprint(raw)
+    if saved["rows"] != found["rows"] or saved["hash"] != found["hash"]:
+        raise DataError(f"{config.data.path or 'data'}: changed since the run started ({saved['rows']} images then,"
+                        f" {found['rows']} now, or different pixels); resume needs the same data")
+    train_raw, valid_raw = split(raw, config, progress, schema)
+    return Setup(run, config, schema, spec["architecture"], spec["args"], *_tensors(schema, train_raw, valid_raw, config))
 
-    if resume is not None:
-        storage = open_storage(resume)
-        if overrides or target is not None or config is not None or not storage.exists("run.json"):
-            return None  # api.train refuses, or starts over a run that stopped while being set up
-        spec = _read_json(storage, "model.json", resume)
-        if spec["architecture"] not in IMAGE_ARCHITECTURES.values():
-            return None
-        config = RunConfig.from_dict(_read_json(storage, "config.json", resume), source=f"{resume}/config.json")
-        schema = ImageSchema.from_dict(_read_json(storage, "schema.json", resume))
-        saved = _read_json(storage, "run.json", resume)["data"]
-        if saved.get("streaming"):
-            plan = _plan_streaming(config, data)
-            if plan is None:
-                raise DataError(f"{config.data.path}: the run streamed its images and they now fit in memory; resume needs the same data")
-            schema, streamed, found = _streamed(config, plan, schema, progress)
-            if (saved["rows"], saved["hash"]) != (found["rows"], found["hash"]):
-                raise DataError(f"{config.data.path}: its files or labels changed since the run started; resume needs the same data")
-            return Prepared(resume, storage, config, schema, spec["architecture"], spec["args"], None, None, streamed)
-        raw, _, config = _read(config, data, progress, size=schema.size, channels=schema.channels)
-        saved, found = _read_json(storage, "run.json", resume)["data"], fingerprint(raw)
-        if saved["rows"] != found["rows"] or saved["hash"] != found["hash"]:
-            raise DataError(f"{config.data.path or 'data'}: changed since the run started ({saved['rows']} images then,"
-                            f" {found['rows']} now, or different pixels); resume needs the same data")
-        train_raw, valid_raw = _split(raw, config, progress, schema)
-        return Prepared(resume, storage, config, schema, spec["architecture"], spec["args"],
-                        *_tensors(schema, train_raw, valid_raw, config))
-    config = config or RunConfig()
-    overrides = dict(overrides)
-    if target is not None:
-        overrides["target"] = target
-    # image settings that share a name with the table model's go to [vision] in an image run
-    vision = {k: overrides.pop(k) for k in ("dropout", "hidden_sizes", "architecture", "widths", "pool") if k in overrides}
-    config = _override(config, overrides)
-    if not is_image_data(config, data):
-        return None
+
+def is_image_run(run: RunDir) -> bool:
+    return run.read("model.json")["architecture"] in IMAGE_ARCHITECTURES.values()
+
+
+def vision_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Image settings that share a name with the table model's: taken out of `overrides`, they go to [vision]."""
+    return {k: overrides.pop(k) for k in ("dropout", "hidden_sizes", "architecture", "widths", "pool") if k in overrides}
+
+
+def start(data: Any, config: RunConfig, overrides: dict[str, Any], vision: dict[str, Any], progress: Progress) -> Setup:
+    """A new image run: decode (or plan streaming), split, fit, check, then write the run's files (run.json last)."""
     config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, **vision))
     config = _image_defaults(config, overrides)
     plan = _plan_streaming(config, data)
@@ -309,23 +261,17 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
         path = path if "://" in path else os.path.abspath(path)
         name = Path(path.rstrip("/")).stem
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=path, target=config.data.target or "label"))
-    run_dir = config.run_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = open_storage(run_dir)
-    if storage.exists("run.json"):
-        raise ConfigError(f"{run_dir}: run directory exists and is not empty; continue it with --resume {run_dir} or choose another --run-dir")
-    config = dataclasses.replace(config, run_dir=run_dir)
+    run = RunDir.new(config.run_dir, name)
+    config = dataclasses.replace(config, run_dir=run.path)
     if plan is None:
-        train_raw, valid_raw = _split(raw, config, progress, None)
+        train_raw, valid_raw = split(raw, config, progress, None)
         source = config.data.path or name
         schema = ImageSchema.fit(train_raw, task=config.data.task, source=f"{source} (training split)")
-        found = fingerprint(raw)
+        found = images_fingerprint(raw)
     else:
         schema, streamed, found = _streamed(config, plan, None, progress)
     assert schema.target is not None
-    monitor, mode = DEFAULT_MONITOR[schema.target.task]
-    config = dataclasses.replace(config, train=dataclasses.replace(
-        config.train, monitor=config.train.monitor or monitor,
-        monitor_mode=config.train.monitor_mode or (mode if not config.train.monitor else None)))
+    config = with_monitor(config, schema.target.task)
     architecture = IMAGE_ARCHITECTURES[config.vision.architecture]
     model_args = vision_model_args(config.vision, schema)
     tensors = _tensors(schema, train_raw, valid_raw, config) if plan is None else (None, None)  # before anything is written
@@ -334,14 +280,10 @@ def prepare(data: Any, *, target: str | None, config: RunConfig | None, override
     transfer_report = check_transfer(config.train.transfer, lambda: build_model(architecture, model_args), pretrained,
                                      head_aligner(schema))
     check_device(config.train.device)
-    if transfer_report is not None:
-        _write_json(storage, "transfer.json", transfer_report)
-    _write_json(storage, "config.json", config.to_dict())
-    _write_json(storage, "schema.json", schema.to_dict())
-    _write_json(storage, "model.json", {"architecture": architecture, "args": model_args})
-    _write_json(storage, "run.json", {"status": "running", "created_at": time.time(), "data": found})
-    return Prepared(run_dir, storage, config, schema, architecture, model_args, *tensors,
-                    streamed=None if plan is None else streamed, pretrained=pretrained)
+    run.write_setup(config=config.to_dict(), schema=schema.to_dict(), transfer=transfer_report,
+                    model={"architecture": architecture, "args": model_args}, data=found)
+    return Setup(run, config, schema, architecture, model_args, *tensors,
+                 streamed=None if plan is None else streamed, pretrained=pretrained)
 
 
 def _tensors(schema: ImageSchema, train_raw: RawImages, valid_raw: RawImages,
@@ -354,14 +296,3 @@ def _tensors(schema: ImageSchema, train_raw: RawImages, valid_raw: RawImages,
     source = config.data.path or config.data.example or "data"
     return (schema.transform(train_raw, source=f"{source} (training split)"),
             schema.transform(valid_raw, source=config.data.valid_path or f"{source} (validation split)"))
-
-
-def read_for_predict(schema: ImageSchema, data: Any, *, with_labels: bool, image_dir: str | None = None) -> RawImages:
-    """Images for predict / evaluate (a folder, CSV, idx folder or uint8 [N, C, H, W] array), decoded to the
-    schema's size and channels."""
-    if isinstance(data, RawImages):
-        return data
-    if isinstance(data, (np.ndarray, torch.Tensor)):
-        images = data.numpy() if isinstance(data, torch.Tensor) else data
-        return RawImages(images=np.asarray(images, dtype=np.uint8), labels=None, files=[], skipped=[])
-    return read_images(data, image_dir=image_dir, size=schema.size, channels=schema.channels, need_labels=with_labels)

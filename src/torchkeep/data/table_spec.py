@@ -1,0 +1,66 @@
+"""What a fitted TableSchema records of each column and of the target (saved as JSON in runs and bundles)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Task = Literal["binary", "multiclass", "regression"]
+TASKS = ("binary", "multiclass", "regression")
+MAX_CLASS_LEVELS_INFERRED = 20
+
+
+@dataclass
+class CategoricalColumn:
+    name: str
+    kind: str  # "string" | "integer" | "boolean": what raw values are cast to before lookup
+    levels: list[Any]  # level i is encoded as i + 1
+    has_nulls: bool = False  # whether the training split had nulls (index 0 was seen in training)
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.levels) + 1
+
+
+SCALINGS = ("robust", "standard")
+NUMERIC_ENCODINGS = ("ple", "none")
+# A string column with a distinct value in at least this share of its non-null rows (and at least
+# ID_MIN_ROWS of them) is an identifier: it cannot generalize to new rows, so it is dropped.
+ID_UNIQUE_SHARE = 0.9
+ID_MIN_ROWS = 20
+
+
+@dataclass
+class ContinuousColumn:
+    name: str
+    median: float
+    mean: float
+    std: float
+    missing_indicator: bool
+    # "standard": (x - mean) / std; "robust": (x - center) / scale with center the median and scale
+    # IQR / 1.349 (the std of a normal column; std where the IQR is 0), then smoothly clipped to
+    # (-3, 3) by z / sqrt(1 + (z / 3)^2). Schemas saved before these fields load as "standard".
+    scaling: str = "standard"
+    center: float = 0.0
+    scale: float = 1.0
+    # Piecewise-linear encoding: quantile bin edges of the training values; each bin adds one input.
+    edges: list[float] | None = None
+
+    @property
+    def width(self) -> int:
+        """Model inputs of this column: the scaled value, one per bin, and the missing indicator."""
+        return 1 + (len(self.edges) - 1 if self.edges else 0) + self.missing_indicator
+
+
+@dataclass
+class TargetSpec:
+    name: str
+    task: str
+    kind: str = "float"  # raw kind of labels: "string" | "integer" | "boolean" | "float"
+    labels: list[Any] = field(default_factory=list)
+    mean: float = 0.0
+    std: float = 1.0
+
+    @property
+    def output_size(self) -> int:
+        return len(self.labels) if self.task == "multiclass" else 1

@@ -1,0 +1,93 @@
+"""Predictor: a table, text or image model with its schema; raw data in, predictions in original units out.
+
+Each kind goes through its schema's own `transform` (TableSchema: rows; ImageSchema: pixels at its
+size) and `decode` (labels and probabilities, or original units): `predict`, `evaluate`, the CLI and
+the HTTP server all come through `predict_frame` / `evaluate`, so serving can never preprocess
+differently from training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+import torch
+
+from torchkeep.data.image_io import RawImages
+from torchkeep.data.io import as_frame, read_table
+from torchkeep.data.loader import BatchLoader
+from torchkeep.data.text import check_texts
+from torchkeep.models.build import loss_for_task
+from torchkeep.predict.images import read_for_predict
+from torchkeep.training.loop import predict_outputs
+from torchkeep.training.metrics import metrics_for_task
+
+EVAL_BATCH_ROWS = 65_536
+EVAL_BATCH_IMAGES = 256  # a CNN's activations are ~100x an image's bytes: 64k images at once would need GBs
+
+
+def eval_batch_rows(tensors: dict[str, Any]) -> int:
+    """Rows per batch when nothing is learned (validation, evaluate, predict): fewer for images."""
+    return EVAL_BATCH_IMAGES if "image" in tensors else EVAL_BATCH_ROWS
+
+
+def evaluate_tensors(model: torch.nn.Module, schema: Any, tensors: dict[str, Any]) -> dict[str, float]:
+    """Loss and the task's metrics of `model` on transformed tensors (with `target`)."""
+    assert schema.target is not None
+    loader = BatchLoader(tensors, eval_batch_rows(tensors), shuffle=False)
+    outputs, targets = predict_outputs(model, loader, next(model.parameters()).device)
+    task = schema.target.task
+    return {"loss": loss_for_task(task)(outputs, targets).item(), **metrics_for_task(task, schema.target.std)(outputs, targets)}
+
+
+class Predictor:
+    """A trained model with its preprocessing: raw frames (or images) in, predictions in original units out."""
+
+    def __init__(self, model: torch.nn.Module, schema: Any, meta: dict[str, Any], source: str) -> None:
+        self.model, self.schema, self.meta, self.source = model.eval(), schema, meta, source
+        self.device = next(model.parameters()).device  # inputs go there; outputs come back to the CPU
+
+    @property
+    def task(self) -> str:
+        assert self.schema.target is not None
+        return self.schema.target.task
+
+    @property
+    def kind(self) -> str:
+        return getattr(self.schema, "kind", "table")
+
+    def predict(self, data: Any, *, source: str = "data", image_dir: str | None = None) -> pl.DataFrame:
+        """A frame with `prediction` (labels / original units) and, for classification, probabilities."""
+        if self.kind == "image":  # a folder, CSV of files, idx folder or pixels
+            raw = read_for_predict(self.schema, data, with_labels=False, image_dir=image_dir)
+            predictions = self._predict(self.schema.transform(raw, with_target=False, source=str(source)))
+            return pl.concat([pl.DataFrame({"file": raw.files}), predictions], how="horizontal") if raw.files else predictions
+        frame = read_table(data) if isinstance(data, str) else as_frame(data)
+        return self.predict_frame(frame, source=data if isinstance(data, str) else source)
+
+    def predict_frame(self, frame: pl.DataFrame | torch.Tensor, *, source: str = "data") -> pl.DataFrame:
+        """The one prediction path of `predict`, the CLI and the HTTP server. For an image model the
+        "frame" is uint8 pixels [N, C, H, W] at the schema's size."""
+        if isinstance(frame, torch.Tensor):
+            raw = RawImages(images=frame.numpy(), labels=None, files=[], skipped=[])
+            return self._predict(self.schema.transform(raw, with_target=False, source=source))
+        if self.schema.text:
+            check_texts(frame, [c.name for c in self.schema.text], source)
+        return self._predict(self.schema.transform(frame, with_target=False, source=source, packed_text=True))
+
+    def _predict(self, tensors: dict[str, Any]) -> pl.DataFrame:
+        rows, batch_rows = len(next(iter(tensors.values()))), eval_batch_rows(tensors)
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, rows, batch_rows):
+                batch = {k: v[start : start + batch_rows].to(self.device) for k, v in tensors.items()}
+                outputs.append(self.model(**batch).cpu())
+        return self.schema.decode(torch.cat(outputs))
+
+    def evaluate(self, data: Any, *, source: str = "data", image_dir: str | None = None) -> dict[str, float]:
+        if self.kind == "image":
+            raw = read_for_predict(self.schema, data, with_labels=True, image_dir=image_dir)
+            return evaluate_tensors(self.model, self.schema, self.schema.transform(raw, source=str(data)))
+        frame = read_table(data) if isinstance(data, str) else as_frame(data)
+        tensors = self.schema.transform(frame, source=source if not isinstance(data, str) else data, packed_text=True)
+        return evaluate_tensors(self.model, self.schema, tensors)

@@ -1,0 +1,154 @@
+"""`torchkeep.train`: start a run of a table, text or image data, or continue one (`resume=RUN_DIR`).
+
+The kind's module sets the run up (run/tables.py, run/images.py: `start` and `reopen`); everything
+after that is the same for every kind: the model, init_from, checkpoints, and the session
+(run/session.py) that trains and writes the bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from torchkeep.bundle import write_bundle
+from torchkeep.checkpoint import Checkpointer
+from torchkeep.config import RunConfig
+from torchkeep.data.table import TableSchema
+from torchkeep.errors import ConfigError
+from torchkeep.models.build import build_model, loss_for_task
+from torchkeep.predict.own_model import is_own_run
+from torchkeep.run import images, tables, text
+from torchkeep.run.images_transfer import transfer_adapter
+from torchkeep.run.rundir import RunDir
+from torchkeep.run.session import Setup, checkpointer_for, train_session
+from torchkeep.run.settings import override
+from torchkeep.run.tables_transfer import level_aligner
+from torchkeep.training.metrics import DEFAULT_MONITOR, metrics_for_task
+from torchkeep.training.progress import Progress
+from torchkeep.training.state import TrainState, seed_everything
+from torchkeep.training.transfer import Pretrained, load_pretrained
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    valid: dict[str, float]
+    state: TrainState
+    bundle: str
+
+
+def train(
+    data: Any = None,
+    *,
+    target: str | None = None,
+    config: RunConfig | None = None,
+    resume: str | None = None,
+    quiet: bool = False,
+    progress: Progress | None = None,
+    stop_at_step: int | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Train a run from a path, a frame or the built-in example; or continue one (`resume=RUN_DIR`).
+
+    Keyword overrides name any config field: `epochs=5, lr=3e-3, valid_fraction=0.2, run_dir=...`.
+    """
+    progress = progress or Progress(quiet=quiet)
+    extend_to = overrides.pop("epochs", None) if resume is not None else None
+    if resume is not None and (overrides or target is not None or config is not None):
+        fixed = sorted(overrides) + (["target"] if target is not None else []) + (["config"] if config else [])
+        raise ConfigError(f"{resume}: a resumed run keeps its saved settings, and only epochs can change"
+                          f" (to train it further); cannot change: {', '.join(fixed)}")
+    if resume is not None:
+        run = RunDir.open(resume)
+        if is_own_run(run.storage):
+            raise ConfigError(f"{resume}: a run of your own model; continue it with torchkeep.fit(model, data,"
+                              f" run_dir={resume!r}, resume=True)")
+        if not run.started:  # stopped while being set up: nothing trained, start it over
+            config = RunConfig.from_dict(run.read("config.json"), source=f"{resume}/config.json")
+            progress.message(f"{resume}: the run stopped before training began; starting it from its saved config")
+            return train(data, config=dataclasses.replace(config, run_dir=resume), quiet=quiet, progress=progress)
+        setup = images.reopen(run, data, progress) if images.is_image_run(run) else tables.reopen(run, data)
+    else:
+        config = config or RunConfig()
+        if target is not None:
+            overrides["target"] = target
+        image_overrides = dict(overrides)
+        vision = images.vision_settings(image_overrides)
+        image_config = override(config, image_overrides)
+        if images.is_image_data(image_config, data):
+            setup = images.start(data, image_config, image_overrides, vision, progress)
+        else:
+            setup = tables.start(data, config, overrides, progress)
+    return _session(setup, resuming=resume is not None, extend_to=extend_to, progress=progress,
+                    stop_at_step=stop_at_step)
+
+
+def _session(setup: Setup, *, resuming: bool, extend_to: int | None, progress: Progress,
+             stop_at_step: int | None) -> RunResult:
+    run, config, schema = setup.run, setup.config, setup.schema
+    assert schema.target is not None
+    if extend_to is not None:
+        config = _extend(run, config, extend_to, progress)
+    train_loader, valid_loader = setup.loaders()
+    seed_everything(config.train.seed)
+    model = build_model(setup.architecture, setup.model_args)
+    if not resuming and getattr(schema, "text", None):
+        text.set_token_weights(model, schema)
+        if config.model.embeddings:
+            for line in text.load_pretrained(model, schema, config.model.embeddings):
+                progress.message(line)
+    task = schema.target.task
+    keep_best = (f"valid_{config.train.monitor}", config.train.monitor_mode or DEFAULT_MONITOR[task][1])
+    checkpointer = checkpointer_for(run, config.checkpoint, keep_best)
+    pretrained = _init_from(model, config, schema, run, checkpointer, progress, resuming, setup.pretrained)
+    progress.message(f"training {task} model on {train_loader.num_rows:,} rows ({valid_loader.num_rows:,} for validation)"
+                     f" -> {run.path}")
+
+    def save_bundle(valid: dict[str, float]) -> None:
+        write_bundle(run.storage, model=model.cpu(), architecture=setup.architecture, model_args=setup.model_args,
+                     schema=schema, metrics={f"valid_{k}": v for k, v in valid.items()}, prefix="bundle")
+
+    result, complete = train_session(
+        run, model=model, loss_fn=loss_for_task(task), metrics_fn=metrics_for_task(task, schema.target.std),
+        train_loader=train_loader, valid_loader=valid_loader, train_config=config.train,
+        checkpoint_config=config.checkpoint, checkpointer=checkpointer, trackers=config.track.trackers,
+        tracked_config=config.to_dict(), progress=progress, resume=resuming, stop_at_step=stop_at_step,
+        save_bundle=save_bundle, pretrained=pretrained)
+    return RunResult(run_dir=run.path, valid=result.valid, state=result.state, bundle=run.bundle if complete else "")
+
+
+def _extend(run: RunDir, config: RunConfig, epochs: int, progress: Progress) -> RunConfig:
+    """A resumed run's config with a new epoch budget, saved; the loop rebuilds its schedule for it."""
+    done = 0
+    complete = [info for info in Checkpointer(run.path, async_save=False).list() if info.status == "complete"]
+    if complete:
+        done = int(complete[-1].epoch or 0)
+    if epochs <= done:
+        raise ConfigError(f"{run.path}: the run has trained {done} epoch(s); --epochs {epochs} must be more to extend it")
+    if epochs != config.train.epochs:
+        progress.message(f"extending {run.path} from {config.train.epochs} to {epochs} epochs")
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+    run.write("config.json", config.to_dict())
+    return config
+
+
+def _init_from(model: nn.Module, config: RunConfig, schema: Any, run: RunDir, checkpointer: Checkpointer,
+               progress: Progress, resuming: bool, pretrained: Pretrained | None) -> list[str]:
+    """Load `init_from` when a run starts (not on resume: the checkpoint wins); the pretrained names."""
+    transfer = config.train.transfer
+    if transfer.init_from is None:
+        return []
+    if resuming and any(info.status == "complete" for info in checkpointer.list()):
+        return run.read("transfer.json")["pretrained_parameters"]
+    # Tables re-order embedding rows and first-layer columns by level and column name; images their head's rows by label.
+    # (the aligner knows EntityEmbeddingMLP's layout only: not a text model's first layer).
+    adapt = level_aligner(schema) if isinstance(schema, TableSchema) and not schema.text else transfer_adapter(schema)
+    report = load_pretrained(model, pretrained or transfer.init_from, rename=transfer.rename, adapt=adapt)
+    for line in report.lines():
+        progress.message(line)
+    if not run.exists("transfer.json"):  # image runs: what a resume reads back
+        run.write("transfer.json", report.to_dict())
+    return report.pretrained_parameters
