@@ -38,6 +38,8 @@ class DataConfig:
     scaling: str = "robust"
     numeric_encoding: str = "ple"
     numeric_bins: int = 16
+    # Categorical levels seen fewer times than this in training share index 0 with nulls and unseen levels.
+    min_level_count: int = 1
     standardize_target: bool = True  # regression only
     # images (`path` a folder of class sub-folders, an idx folder, or a CSV of files and labels)
     image_dir: str | None = None  # where the CSV's file names point (default: the CSV's folder)
@@ -85,6 +87,8 @@ class DataConfig:
             raise ConfigError(f"data.numeric_encoding must be ple or none (got {self.numeric_encoding!r})")
         if not 2 <= self.numeric_bins <= 256:
             raise ConfigError(f"data.numeric_bins must be from 2 to 256 (got {self.numeric_bins})")
+        if self.min_level_count < 1:
+            raise ConfigError(f"data.min_level_count must be >= 1 (got {self.min_level_count})")
         if self.max_integer_levels < 0:
             raise ConfigError(f"data.max_integer_levels must be >= 0 (got {self.max_integer_levels})")
         if self.image_size is not None and (len(self.image_size) not in (1, 2) or min(self.image_size) < 1):

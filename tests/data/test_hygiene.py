@@ -134,3 +134,34 @@ def test_extreme_values_are_clipped_by_robust_scaling(make_table):
     assert np.isfinite(encoded.numpy()).all()
     first = encoded[:, 0].numpy()  # distance's scaled value: within (-3, 3)
     assert first[0] == pytest.approx(3.0, abs=1e-5) and first[1] == pytest.approx(-3.0, abs=1e-5)
+
+
+def test_rare_levels_share_the_unseen_index_and_are_recorded(make_table):
+    frame = make_table().with_columns(crash=pl.Series([f"C{i // 2}" if i < 100 else "common" for i in range(300)]))
+    schema = TableSchema.fit(frame, target="late", min_level_count=5)
+    crash = next(c for c in schema.categorical if c.name == "crash")
+    assert crash.levels == ["common"] and crash.has_nulls  # index 0 is met in training: it learns a vector
+    note = next(n for n in schema.notes if n["column"] == "crash")
+    assert note["action"] == "rare levels merged" and "50 level(s) seen fewer than 5 times" in note["reason"]
+    codes = schema.transform(frame)["categorical"][:, [c.name for c in schema.categorical].index("crash")]
+    assert codes[:100].eq(0).all() and codes[100:].eq(1).all()
+    assert TableSchema.from_json(schema.to_json()).categorical[-1].levels == ["common"]
+    # a column whose every level is rare is dropped, with the reason
+    frame = frame.with_columns(pl.Series("seat", [f"S{i // 3}" for i in range(300)]))
+    schema = TableSchema.fit(frame, target="late", categorical=["seat"], min_level_count=5)
+    assert "seat" not in schema.feature_names
+    assert any(n["column"] == "seat" and "every level seen fewer than 5" in n["reason"] for n in schema.notes)
+
+
+def test_a_string_column_of_mostly_rare_values_is_an_identifier(make_table):
+    # a crash id shared by two or three occupants: under 90% distinct, but no value is seen often enough to learn
+    frame = make_table().with_columns(crash=pl.Series([f"K{i // 3}" for i in range(300)]))
+    schema = TableSchema.fit(frame, target="late")
+    assert "crash" not in schema.feature_names
+    note = next(n for n in schema.notes if n["column"] == "crash")
+    assert "300 of 300 rows hold a value seen fewer than 5 times" in note["reason"]
+    assert "--categorical crash" in note["reason"]
+    assert "crash" in TableSchema.fit(frame, target="late", categorical=["crash"]).feature_names
+    # levels of a few rows each among common ones stay: most rows hold a value seen often
+    frame = make_table().with_columns(zone=pl.Series([f"Z{i}" if i < 60 else f"Z{i % 4}" for i in range(300)]))
+    assert "zone" in TableSchema.fit(frame, target="late").feature_names

@@ -67,3 +67,11 @@ def test_flags_that_set_the_budget_are_kept(torchkeep, make_table, tmp_path):
 
     train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert (train["epochs"], train["batch_size"], train["early_stopping_patience"]) == (2, 50, None)
+
+
+def test_an_ensemble_shares_the_time_cap_among_its_members():
+    one, eight = table_budget(45_000), table_budget(45_000, members=8)
+    assert one.batch_size == eight.batch_size
+    assert eight.steps * eight.batch_size * 8 <= MAX_ROWS_SEEN + math.ceil(45_000 / 1024) * 1024 * 8
+    assert eight.steps < one.steps
+    assert table_budget(2_000, members=8).steps == table_budget(2_000).steps  # small tables: under the cap either way

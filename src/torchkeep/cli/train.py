@@ -71,6 +71,9 @@ def add_parser(commands: Any) -> None:
                       " effect; none: the scaled value only")
     data.add_argument("--numeric-bins", type=int, metavar="N", help="ple bins per continuous column (default 16;"
                       " fewer where values repeat)")
+    data.add_argument("--min-level-count", type=int, metavar="N",
+                      help="categorical levels seen fewer than N times in training share the index of null and"
+                      " unseen values (default 1: every level its own)")
     images = p.add_argument_group("images (--data DIR of class folders, an idx folder, or a CSV + --image-dir)")
     images.add_argument("--image-dir", metavar="DIR", help="folder the CSV's file names are relative to, local or s3://"
                         " (default: the CSV's folder)")
@@ -121,6 +124,11 @@ def add_parser(commands: Any) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--hidden-sizes", metavar="N,N", help="MLP widths (default 128,64; image mlp 512,512)")
     model.add_argument("--dropout", type=float, metavar="P", help="default 0 (image models 0.1)")
+    model.add_argument("--ensemble-size", type=int, metavar="K",
+                       help="tables: train K MLPs at once as one BatchEnsemble (TabM): shared weights, per-member"
+                       " scalings, biases and heads, one loss each; predictions are their mean (default 1)")
+    model.add_argument("--label-smoothing", type=float, metavar="E",
+                       help="classification: training targets moved E towards uniform (default 0)")
     training = p.add_argument_group("training")
     training.add_argument("--epochs", type=int, metavar="N",
                           help="tables: default from the step budget, about 4,000 optimizer steps (at most 4M rows"
@@ -197,7 +205,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
              "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay", "pool", "scaling",
-             "numeric_encoding", "numeric_bins")
+             "numeric_encoding", "numeric_bins", "ensemble_size", "label_smoothing", "min_level_count")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@ import polars as pl
 from torchkeep.data.columns import CASTS, check_finite, kind_of, sample
 from torchkeep.data.table_spec import (
     ID_MIN_ROWS,
+    ID_RARE_COUNT,
+    ID_RARE_SHARE,
     ID_UNIQUE_SHARE,
     MAX_CLASS_LEVELS_INFERRED,
     NUMERIC_ENCODINGS,
@@ -46,6 +48,7 @@ def fit_columns(
     scaling: str = "standard",
     numeric_encoding: str = "none",
     numeric_bins: int = 16,
+    min_level_count: int = 1,
 ) -> tuple[list[CategoricalColumn], list[ContinuousColumn], TargetSpec, list[TextColumn], list[dict[str, str]]]:
     """TableSchema.fit's columns, target, text columns and notes (see TableSchema.fit)."""
     if frame.height == 0:
@@ -114,7 +117,17 @@ def fit_columns(
                 kind == "integer" and column.n_unique() - (column.null_count() > 0) <= max_integer_levels
             )
         if as_categorical:
-            cat_columns.append(fit_categorical(column, kind or "string", source))
+            fitted = fit_categorical(column, kind or "string", min_level_count)
+            rare = column.n_unique() - (column.null_count() > 0) - len(fitted.levels)
+            if rare and not fitted.levels:
+                notes.append({"column": name, "action": "dropped",
+                              "reason": f"every level seen fewer than {min_level_count} times"})
+                continue
+            if rare:
+                notes.append({"column": name, "action": "rare levels merged",
+                              "reason": f"{rare:,} level(s) seen fewer than {min_level_count} times share the"
+                              " unseen index"})
+            cat_columns.append(fitted)
         else:
             cont_columns.append(fit_continuous(column, source, scaling,
                                                     numeric_bins if numeric_encoding == "ple" else 0))
@@ -124,13 +137,18 @@ def fit_columns(
     return cat_columns, cont_columns, target_spec, text_columns, notes
 
 
-def fit_categorical(column: pl.Series, kind: str, source: str) -> CategoricalColumn:
+def fit_categorical(column: pl.Series, kind: str, min_count: int = 1) -> CategoricalColumn:
+    """Levels by training frequency; those seen fewer than `min_count` times are left out, so they
+    share index 0 with nulls and unseen levels (an embedding learned from a row or two is noise)."""
     if kind == "float":
         kind = "string"  # a float column named categorical: its exact values are the levels
     values = column.cast(CASTS[kind]).drop_nulls().alias("level")
     counts = values.value_counts(sort=False, name="n").sort(["n", "level"], descending=[True, False])
-    levels = counts.get_column("level").to_list()
-    return CategoricalColumn(name=column.name, kind=kind, levels=levels, has_nulls=column.null_count() > 0)
+    kept = counts.filter(pl.col("n") >= min_count)
+    levels = kept.get_column("level").to_list()
+    return CategoricalColumn(name=column.name, kind=kind, levels=levels,
+                             has_nulls=column.null_count() > 0 or kept.height < counts.height)
+
 
 def fit_continuous(column: pl.Series, source: str, scaling: str = "standard", bins: int = 0) -> ContinuousColumn:
     values = column.cast(pl.Float64)
@@ -210,10 +228,16 @@ def uninformative(column: pl.Series, kind: str | None, rows: int, *, named: bool
     if distinct == 1 and nulls == 0:
         return f"the same value ({column.drop_nulls()[0]!r}) in every row"
     present = rows - nulls
-    if kind == "string" and not named and present >= ID_MIN_ROWS and distinct >= ID_UNIQUE_SHARE * present:
-        if as_numbers(column) is None:
-            return (f"{distinct:,} distinct values in {present:,} rows, an identifier that cannot generalize"
-                    f" (--categorical {column.name} keeps it)")
+    if kind != "string" or named or present < ID_MIN_ROWS or as_numbers(column) is not None:
+        return None
+    if distinct >= ID_UNIQUE_SHARE * present:
+        return (f"{distinct:,} distinct values in {present:,} rows, an identifier that cannot generalize"
+                f" (--categorical {column.name} keeps it)")
+    counts = column.drop_nulls().value_counts(name="n").get_column("n")
+    rare_rows = int(counts.filter(counts < ID_RARE_COUNT).sum())
+    if rare_rows > ID_RARE_SHARE * present:
+        return (f"{rare_rows:,} of {present:,} rows hold a value seen fewer than {ID_RARE_COUNT} times"
+                f" ({distinct:,} distinct), an identifier that cannot generalize (--categorical {column.name} keeps it)")
     return None
 
 

@@ -28,6 +28,12 @@ NUMERIC_ENCODINGS = ("ple", "none")
 # ID_MIN_ROWS of them) is an identifier: it cannot generalize to new rows, so it is dropped.
 ID_UNIQUE_SHARE = 0.9
 ID_MIN_ROWS = 20
+# Also an identifier: a string column where more than ID_RARE_SHARE of the rows hold a value seen fewer
+# than ID_RARE_COUNT times (a crash id shared by a car's occupants): an embedding learned from two or
+# three rows is memorized noise. On real tables such columns stand apart (0.84 of the rows against
+# at most 0.12 for a zip code, a plane's tail number or a coded count).
+ID_RARE_COUNT = 5
+ID_RARE_SHARE = 0.5
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from torchkeep.data.table import TableSchema
@@ -34,6 +36,7 @@ def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[
         "out_features": schema.target.output_size,
         "hidden_sizes": list(config.hidden_sizes),
         "dropout": config.dropout,
+        **({"ensemble_size": config.ensemble_size} if config.ensemble_size > 1 else {}),
         "batch_norm": config.batch_norm,
         "embedding_dropout": config.embedding_dropout,
         "max_norm": config.max_norm,
@@ -46,8 +49,10 @@ def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[
 
 def text_model_args(config: TabularModelConfig, schema: TableSchema, embedding_dim: int | None = None) -> dict[str, Any]:
     """tabular_model_args plus the text columns' encoders; `embedding_dim` from pretrained vectors."""
+    args = tabular_model_args(config, schema)
+    args.pop("ensemble_size", None)  # the text model is one MLP
     return {
-        **tabular_model_args(config, schema),
+        **args,
         "vocab_sizes": [len(c.vocab) for c in schema.text],
         "text_embedding_dim": embedding_dim or config.text_embedding_dim,
         "text_encoder": config.text_encoder,
@@ -74,13 +79,30 @@ def build_model(architecture: str, args: dict[str, Any]) -> nn.Module:
                               " (known: entity_embedding_mlp, text_table_mlp, image_cnn, image_mlp, python)")
 
 
-def loss_for_task(task: str) -> nn.Module:
-    match task:
-        case "binary":
-            return nn.BCEWithLogitsLoss()
-        case "multiclass":
-            return nn.CrossEntropyLoss()
-        case "regression":
-            return nn.MSELoss()
-        case _:
+class TaskLoss(nn.Module):
+    """The task's loss. Outputs with a member dimension ([N, k] or [N, k, classes], an ensemble in
+    training) get one loss per member, averaged. `label_smoothing` (classification): targets move
+    that far towards uniform (binary: y * (1 - e) + e / 2)."""
+
+    def __init__(self, task: str, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if task not in ("binary", "multiclass", "regression"):
             raise ConfigError(f"unknown task {task!r} (expected binary, multiclass or regression)")
+        self.task, self.label_smoothing = task, label_smoothing
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.task == "multiclass":
+            if output.dim() == 3:  # [N, k, classes]
+                output, target = output.flatten(0, 1), target.repeat_interleave(output.shape[1])
+            return F.cross_entropy(output, target, label_smoothing=self.label_smoothing)
+        if output.dim() == target.dim() + 1:  # [N, k] against [N]
+            target = target.unsqueeze(1).expand_as(output)
+        if self.task == "binary":
+            if self.label_smoothing:
+                target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
+            return F.binary_cross_entropy_with_logits(output, target)
+        return F.mse_loss(output, target)
+
+
+def loss_for_task(task: str, label_smoothing: float = 0.0) -> nn.Module:
+    return TaskLoss(task, label_smoothing)

@@ -23,6 +23,12 @@ class TabularModelConfig:
     # the time; pytorch-tabular's default MLP is of the same size (128-64-32).
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.0
+    # k > 1: k MLPs trained at once as one BatchEnsemble (TabM, Gorishniy et al. 2025): shared weights,
+    # per-member scaling vectors, biases and heads; each member has its own loss, predictions are the
+    # mean of the members' outputs.
+    ensemble_size: int = 1
+    # Classification targets moved this far towards uniform in the training loss (0: off).
+    label_smoothing: float = 0.0
     batch_norm: str = "continuous"  # "none" | "continuous" (inputs only) | "all" (inputs and hidden)
     max_embedding_dim: int = 50
     embedding_dims: dict[str, int] = field(default_factory=dict)  # per-column override
@@ -59,6 +65,10 @@ class TabularModelConfig:
         for name, value in (("dropout", self.dropout), ("embedding_dropout", self.embedding_dropout)):
             if not 0 <= value < 1:
                 raise ConfigError(f"model.{name} must be in [0, 1) (got {value})")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"model.label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.ensemble_size < 1:
+            raise ConfigError(f"model.ensemble_size must be >= 1 (got {self.ensemble_size})")
         if self.batch_norm not in ("none", "continuous", "all"):
             raise ConfigError(f"model.batch_norm must be none, continuous or all (got {self.batch_norm!r})")
         if self.null_embedding not in ("auto", "zero", "learned"):
@@ -91,6 +101,58 @@ def mlp_stack(width: int, hidden_sizes: list[int], batch_norm: str, dropout: flo
     return nn.Sequential(*layers), width
 
 
+class EnsembleLinear(nn.Module):
+    """BatchEnsemble linear layer on [N, k, in]: ((x * r_i) @ W) * s_i + b_i, W shared by the k members.
+    With `first`, r starts as random signs (the members' only difference at the start, as in TabM);
+    otherwise r and s start at 1."""
+
+    def __init__(self, in_features: int, out_features: int, k: int, *, first: bool = False) -> None:
+        super().__init__()
+        bound = in_features ** -0.5
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(k, out_features).uniform_(-bound, bound))
+        r = torch.randint(0, 2, (k, in_features)).float() * 2 - 1 if first else torch.ones(k, in_features)
+        self.r = nn.Parameter(r)
+        self.s = nn.Parameter(torch.ones(k, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.r) @ self.weight * self.s + self.bias
+
+
+class EnsembleHead(nn.Module):
+    """k independent linear heads on [N, k, in] -> [N, k, out]."""
+
+    def __init__(self, in_features: int, out_features: int, k: int) -> None:
+        super().__init__()
+        bound = in_features ** -0.5
+        self.weight = nn.Parameter(torch.empty(k, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(k, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nki,kio->nko", x, self.weight) + self.bias
+
+
+class EnsembleMLP(nn.Module):
+    """mlp_stack for k members at once: [N, k, in] -> [N, k, hidden_sizes[-1]]."""
+
+    def __init__(self, width: int, hidden_sizes: list[int], k: int, batch_norm: str, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i, hidden in enumerate(hidden_sizes):
+            self.layers.append(EnsembleLinear(width, hidden, k, first=i == 0))
+            self.norms.append(nn.BatchNorm1d(hidden) if batch_norm == "all" else nn.Identity())
+            width = hidden
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer, norm in zip(self.layers, self.norms):
+            x = torch.relu(layer(x))
+            x = norm(x.flatten(0, 1)).view_as(x)
+            x = self.dropout(x)
+        return x
+
+
 class EntityEmbeddingMLP(nn.Module):
     def __init__(
         self,
@@ -105,6 +167,7 @@ class EntityEmbeddingMLP(nn.Module):
         embedding_dropout: float = 0.0,
         max_norm: float | None = None,
         zero_null: list[bool] | None = None,
+        ensemble_size: int = 1,
     ) -> None:
         super().__init__()
         self.embeddings = entity_embeddings(cardinalities, embedding_dims, zero_null, max_norm)
@@ -112,8 +175,14 @@ class EntityEmbeddingMLP(nn.Module):
         self.continuous_norm = (
             nn.BatchNorm1d(n_continuous) if n_continuous and batch_norm != "none" else nn.Identity()
         )
-        self.mlp, width = mlp_stack(sum(embedding_dims) + n_continuous, hidden_sizes, batch_norm, dropout)
-        self.head = nn.Linear(width, out_features)
+        width = sum(embedding_dims) + n_continuous
+        self.ensemble_size = ensemble_size
+        if ensemble_size > 1:
+            self.mlp = EnsembleMLP(width, hidden_sizes, ensemble_size, batch_norm, dropout)
+            self.head = EnsembleHead(hidden_sizes[-1], out_features, ensemble_size)
+        else:
+            self.mlp, width = mlp_stack(width, hidden_sizes, batch_norm, dropout)
+            self.head = nn.Linear(width, out_features)
         self.out_features = out_features
 
     def forward(self, categorical: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
@@ -123,5 +192,12 @@ class EntityEmbeddingMLP(nn.Module):
         x = self.embedding_dropout(torch.cat(parts, dim=1)) if parts else continuous[:, :0]
         if continuous.shape[1]:
             x = torch.cat([x, self.continuous_norm(continuous)], dim=1)
+        if self.ensemble_size > 1:
+            out = self.head(self.mlp(x.unsqueeze(1).expand(-1, self.ensemble_size, -1)))
+            # Training: every member's output [N, k(, classes)], each with its own loss (TaskLoss);
+            # evaluation, export and serving: their mean, one output per row as for a single MLP.
+            if not self.training:
+                out = out.mean(dim=1)
+            return out.squeeze(-1) if self.out_features == 1 else out
         out = self.head(self.mlp(x))
         return out.squeeze(1) if self.out_features == 1 else out

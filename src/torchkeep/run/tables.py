@@ -82,7 +82,8 @@ def apply_budget(config: RunConfig, explicit: set[str], rows: int) -> tuple[RunC
     set_in_code = (config.train.epochs, config.train.batch_size) != (defaults.epochs, defaults.batch_size)
     if chosen == {"epochs", "batch_size"} or (not chosen and set_in_code):
         return config, None  # the user's budget (flags, TOML, or a RunConfig built in Python)
-    budget = table_budget(rows, batch_size=config.train.batch_size if "batch_size" in explicit else None)
+    budget = table_budget(rows, batch_size=config.train.batch_size if "batch_size" in explicit else None,
+                          members=config.model.ensemble_size)
     train_updates: dict[str, Any] = {"batch_size": budget.batch_size}
     if "epochs" not in explicit:
         train_updates["epochs"] = budget.epochs
@@ -145,7 +146,7 @@ def start(data: Any, config: RunConfig, overrides: dict[str, Any], progress: Pro
         continuous=config.data.continuous, drop=config.data.drop, max_integer_levels=config.data.max_integer_levels,
         standardize_target=config.data.standardize_target, source=f"{source} (training split)",
         scaling=config.data.scaling, numeric_encoding=config.data.numeric_encoding,
-        numeric_bins=config.data.numeric_bins,
+        numeric_bins=config.data.numeric_bins, min_level_count=config.data.min_level_count,
         **(text.fit_kwargs(config) if config.data.text_columns else {}),
     )
     if null_targets:

@@ -112,7 +112,7 @@ def _session(setup: Setup, *, resuming: bool, extend_to: int | None, progress: P
                      schema=schema, metrics={f"valid_{k}": v for k, v in valid.items()}, prefix="bundle")
 
     result, complete = train_session(
-        run, model=model, loss_fn=loss_for_task(task), metrics_fn=metrics_for_task(task, schema.target.std),
+        run, model=model, loss_fn=loss_for_task(task, config.model.label_smoothing), metrics_fn=metrics_for_task(task, schema.target.std),
         train_loader=train_loader, valid_loader=valid_loader, train_config=config.train,
         checkpoint_config=config.checkpoint, checkpointer=checkpointer, trackers=config.track.trackers,
         tracked_config=config.to_dict(), progress=progress, resume=resuming, stop_at_step=stop_at_step,

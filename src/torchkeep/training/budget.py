@@ -4,7 +4,8 @@ A fixed number of epochs is the wrong unit for tables: 3 epochs of batch 1024 ar
 on a 1k-row table and 700 on a 250k-row one. So a table run without --epochs / --batch-size gets
 
     batch  = 2 ** round(log2(rows / 32)), clipped to [32, 1024]   (about 32 batches an epoch)
-    steps  = TARGET_STEPS, but at most MAX_ROWS_SEEN / batch       (the time cap, in rows seen)
+    steps  = TARGET_STEPS, but at most MAX_ROWS_SEEN / (batch x k)  (the time cap, in rows seen by the
+                                                                  model's k ensemble members)
     epochs = ceil(steps / batches per epoch), at least MIN_EPOCHS
 
 with validation about VALIDATIONS times a run (each epoch when epochs are few, else every
@@ -19,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 TARGET_STEPS = 4000
-MAX_ROWS_SEEN = 4_000_000  # the time cap: ~4M rows through the model (about 30-60 s on 2 CPU cores)
+MAX_ROWS_SEEN = 4_000_000  # the time cap: ~4M rows through one MLP (about 30-60 s on 2 CPU cores)
 MIN_BATCH, MAX_BATCH = 32, 1024
 MIN_EPOCHS = 3
 VALIDATIONS = 40
@@ -42,12 +43,13 @@ class Budget:
                 " without improvement, best weights kept")
 
 
-def table_budget(rows: int, batch_size: int | None = None) -> Budget:
-    """The rule in the module docstring, for `rows` training rows (and a batch size the user chose)."""
+def table_budget(rows: int, batch_size: int | None = None, members: int = 1) -> Budget:
+    """The rule in the module docstring, for `rows` training rows (and a batch size the user chose) and
+    a model of `members` ensemble members (each costs about one MLP's time per row)."""
     rows = max(rows, 1)
     batch = batch_size or min(MAX_BATCH, max(MIN_BATCH, 2 ** round(math.log2(max(rows / 32, 1)))))
     per_epoch = math.ceil(rows / batch)
-    steps = min(TARGET_STEPS, MAX_ROWS_SEEN // batch)
+    steps = max(1, min(TARGET_STEPS, MAX_ROWS_SEEN // (batch * members)))
     epochs = max(MIN_EPOCHS, math.ceil(steps / per_epoch))
     steps = epochs * per_epoch
     valid_every = math.ceil(steps / VALIDATIONS) if epochs > VALIDATIONS else None
