@@ -20,7 +20,8 @@ EPILOG = """examples:
   torchkeep train --data reviews.csv --target score --text-column review   # your own text column
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
-categorical, continuous, drop, scaling, numeric_encoding, numeric_bins; [model] hidden_sizes, dropout, batch_norm, embedding_dims;
+categorical, continuous, drop, scaling, numeric_encoding, numeric_bins, min_level_count; [model] hidden_sizes,
+ensemble_size, label_smoothing, dropout, batch_norm, embedding_dims;
 [train] epochs, batch_size, seed, deterministic, grad_accum_steps, clip_grad_norm, early_stopping_patience,
 monitor, valid_every_steps, valid_every_epoch, restore_best, ema_decay, log_every_steps; [train.optim] optimizer, lr,
 weight_decay, schedule; [train.transfer] init_from, freeze, unfreeze_at, backbone_lr_mult,
@@ -126,7 +127,7 @@ def add_parser(commands: Any) -> None:
     model.add_argument("--dropout", type=float, metavar="P", help="default 0 (image models 0.1)")
     model.add_argument("--ensemble-size", type=int, metavar="K",
                        help="tables: train K MLPs at once as one BatchEnsemble (TabM): shared weights, per-member"
-                       " scalings, biases and heads, one loss each; predictions are their mean (default 1)")
+                       " scalings, biases and heads, one loss each; predictions are their mean (default 8; 1: one MLP)")
     model.add_argument("--label-smoothing", type=float, metavar="E",
                        help="classification: training targets moved E towards uniform (default 0)")
     training = p.add_argument_group("training")

@@ -34,12 +34,14 @@ class Budget:
     steps: int  # optimizer steps the epochs give
     valid_every_steps: int | None  # None: validate at each epoch end
     early_stopping_patience: int
+    members: int = 1  # ensemble members sharing the time cap
 
     def describe(self, rows: int) -> str:
         cadence = (f"validation every {self.valid_every_steps} steps" if self.valid_every_steps
                    else "validation each epoch")
         return (f"budget: {self.steps:,} steps = {self.epochs} epoch(s) of {math.ceil(rows / self.batch_size)} batches"
-                f" of {self.batch_size} ({rows:,} rows); {cadence}, early stop after {self.early_stopping_patience}"
+                f" of {self.batch_size} ({rows:,} rows{f', {self.members} ensemble members' if self.members > 1 else ''});"
+                f" {cadence}, early stop after {self.early_stopping_patience}"
                 " without improvement, best weights kept")
 
 
@@ -54,4 +56,4 @@ def table_budget(rows: int, batch_size: int | None = None, members: int = 1) -> 
     steps = epochs * per_epoch
     valid_every = math.ceil(steps / VALIDATIONS) if epochs > VALIDATIONS else None
     return Budget(batch_size=batch, epochs=epochs, steps=steps, valid_every_steps=valid_every,
-                  early_stopping_patience=PATIENCE)
+                  early_stopping_patience=PATIENCE, members=members)
