@@ -76,7 +76,7 @@ def test_fewer_epochs_than_trained_and_other_settings_are_refused(workdir):
     assert result.returncode == 2 and "has trained 2 epoch(s)" in result.stderr
     result = train("--resume", "short", "--epochs", 5, "--lr", 0.1, "--batch-size", 8, cwd=workdir)
     assert result.returncode == 2
-    assert "only --epochs can change" in result.stderr and "--lr" in result.stderr and "--batch-size" in result.stderr
+    assert "only --epochs or --steps can change" in result.stderr and "--lr" in result.stderr and "--batch-size" in result.stderr
 
 
 def test_killed_mid_run_then_extended_equals_the_longer_run(workdir):
@@ -100,3 +100,26 @@ def test_killed_mid_run_then_extended_equals_the_longer_run(workdir):
     assert "resumed from step-" in result.stderr
     long, extended = weights(workdir / "long"), weights(run)
     assert all(long[k].equal(extended[k]) for k in long)
+
+
+def test_steps_extend_a_run_to_whole_epochs(workdir):
+    # 540 training rows in batches of 64: 9 steps an epoch, so 30 steps are 4 epochs
+    shutil.copytree(workdir / "short", workdir / "extended-steps")
+    result = train("--resume", "extended-steps", "--steps", 30, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "extending extended-steps from 2 to 4 epochs" in result.stderr
+    long, extended = weights(workdir / "long"), weights(workdir / "extended-steps")
+    assert all(long[k].equal(extended[k]) for k in long)
+    result = train("--resume", "short", "--steps", 40, "--epochs", 6, cwd=workdir)
+    assert result.returncode == 2 and "give one of them" in result.stderr
+
+
+def test_a_new_run_trains_the_steps_asked_for(workdir):
+    result = train("--data", "t.csv", *FLAGS, "--steps", 30, "--schedule", "constant", "--run-dir", "by-steps",
+                   cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "budget: 36 steps = 4 epoch(s) of 9 batches of 64" in result.stderr
+    long, by_steps = weights(workdir / "long"), weights(workdir / "by-steps")
+    assert all(long[k].equal(by_steps[k]) for k in long)
+    result = train("--data", "t.csv", "--target", "late", "--steps", 30, "--epochs", 3, "--run-dir", "both", cwd=workdir)
+    assert result.returncode == 2 and "--steps and --epochs" in result.stderr

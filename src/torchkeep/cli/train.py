@@ -136,6 +136,10 @@ def add_parser(commands: Any) -> None:
                           " seen, at least 3 epochs), printed when the run starts; with many short epochs, validation"
                           " ~40 times a run, early stop after 10 without improvement, best weights kept (images 30,"
                           " text 5). With --resume RUN: train a run further")
+    training.add_argument("--steps", type=int, metavar="N",
+                          help="tables: train about N optimizer steps (rounded up to whole epochs) instead of the"
+                          " budget's 4,000, with the budget's batch size, validation cadence and early stopping;"
+                          " no time cap. With --resume RUN: train the run further to N steps")
     training.add_argument("--batch-size", type=int, metavar="N",
                           help="tables: default 2**round(log2(rows / 32)) within 32-1024, about 32 batches an epoch"
                           " (images 64, text 64)")
@@ -246,12 +250,12 @@ def run(args: argparse.Namespace) -> int:
         extend = {"epochs": overrides.pop("epochs")} if "epochs" in overrides else {}
         if overrides or args.config or args.target:
             fixed = ", ".join("--" + k.replace("_", "-") for k in [*overrides, *(["target"] if args.target else [])])
-            raise ConfigError("--resume continues a run with its saved settings; only --epochs can change (to train"
-                              f" it further), not {fixed or 'a CONFIG file'}")
-        result = torchkeep.train(resume=run_dir, quiet=args.quiet, **extend)
+            raise ConfigError("--resume continues a run with its saved settings; only --epochs or --steps can change"
+                              f" (to train it further), not {fixed or 'a CONFIG file'}")
+        result = torchkeep.train(resume=run_dir, quiet=args.quiet, steps=args.steps, **extend)
     else:
         config = load_toml(args.config) if args.config else RunConfig()
-        result = torchkeep.train(config=config, target=args.target, quiet=args.quiet, **overrides)
+        result = torchkeep.train(config=config, target=args.target, quiet=args.quiet, steps=args.steps, **overrides)
     from torchkeep.training.metrics import for_display
 
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in for_display(result.valid).items())

@@ -75,15 +75,21 @@ def drop_null_targets(frame: pl.DataFrame, target: str | None) -> tuple[pl.DataF
     return (frame.filter(pl.col(target).is_not_null()), nulls) if nulls else (frame, 0)
 
 
-def apply_budget(config: RunConfig, explicit: set[str], rows: int) -> tuple[RunConfig, str | None]:
+def apply_budget(config: RunConfig, explicit: set[str], rows: int,
+                 steps: int | None = None) -> tuple[RunConfig, str | None]:
     """The step budget of training/budget.py for what the user left unset: batch size, epochs (from the
-    batch), and with many short epochs validation and checkpoints by steps and early stopping."""
+    batch, or from the user's `steps`), and with many short epochs validation and checkpoints by steps
+    and early stopping."""
+    if steps is not None:
+        if "epochs" in explicit:
+            raise ConfigError("--steps and --epochs both set how long a run trains; give one of them")
+        explicit = explicit - {"epochs"}
     defaults, chosen = TrainConfig(), explicit & {"epochs", "batch_size"}
     set_in_code = (config.train.epochs, config.train.batch_size) != (defaults.epochs, defaults.batch_size)
-    if chosen == {"epochs", "batch_size"} or (not chosen and set_in_code):
+    if steps is None and (chosen == {"epochs", "batch_size"} or (not chosen and set_in_code)):
         return config, None  # the user's budget (flags, TOML, or a RunConfig built in Python)
     budget = table_budget(rows, batch_size=config.train.batch_size if "batch_size" in explicit else None,
-                          members=config.model.ensemble_size)
+                          members=config.model.ensemble_size, steps=steps)
     train_updates: dict[str, Any] = {"batch_size": budget.batch_size}
     if "epochs" not in explicit:
         train_updates["epochs"] = budget.epochs
@@ -125,7 +131,8 @@ def reopen(run: RunDir, data: Any) -> Setup:
     return Setup(run, config, schema, spec["architecture"], spec["args"], *tensors)
 
 
-def start(data: Any, config: RunConfig, overrides: dict[str, Any], progress: Progress) -> Setup:
+def start(data: Any, config: RunConfig, overrides: dict[str, Any], progress: Progress,
+          steps: int | None = None) -> Setup:
     """A new table run: read, split, fit, check, then write the run's files (run.json last)."""
     config = override(config, overrides)
     frame, name, config = load_data(config, data)
@@ -156,7 +163,7 @@ def start(data: Any, config: RunConfig, overrides: dict[str, Any], progress: Pro
         log.warning("%s: %s", source, line)
     budget_line = None
     if not schema.text:
-        config, budget_line = apply_budget(config, set(overrides) | config.explicit, train_frame.height)
+        config, budget_line = apply_budget(config, set(overrides) | config.explicit, train_frame.height, steps)
     assert schema.target is not None
     config = with_monitor(config, schema.target.task)
     pretrained, config = read_init_from(config, schema)

@@ -8,6 +8,7 @@ after that is the same for every kind: the model, init_from, checkpoints, and th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,14 +50,21 @@ def train(
     quiet: bool = False,
     progress: Progress | None = None,
     stop_at_step: int | None = None,
+    steps: int | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train a run from a path, a frame or the built-in example; or continue one (`resume=RUN_DIR`).
 
     Keyword overrides name any config field: `epochs=5, lr=3e-3, valid_fraction=0.2, run_dir=...`.
+    `steps`: train about this many optimizer steps (rounded up to whole epochs) instead of the table
+    budget's; with `resume`, train the run further to that many steps (as `epochs=` does in epochs).
     """
     progress = progress or Progress(quiet=quiet)
+    if steps is not None and steps < 1:
+        raise ConfigError(f"steps must be > 0 (got {steps})")
     extend_to = overrides.pop("epochs", None) if resume is not None else None
+    if resume is not None and steps is not None and extend_to is not None:
+        raise ConfigError("--steps and --epochs both set how far to train a run further; give one of them")
     if resume is not None and (overrides or target is not None or config is not None):
         fixed = sorted(overrides) + (["target"] if target is not None else []) + (["config"] if config else [])
         raise ConfigError(f"{resume}: a resumed run keeps its saved settings, and only epochs can change"
@@ -79,20 +87,29 @@ def train(
         vision = images.vision_settings(image_overrides)
         image_config = override(config, image_overrides)
         if images.is_image_data(image_config, data):
+            if steps is not None:
+                raise ConfigError("--steps sets a table run's budget; an image run takes --epochs")
             setup = images.start(data, image_config, image_overrides, vision, progress)
         else:
-            setup = tables.start(data, config, overrides, progress)
+            setup = tables.start(data, config, overrides, progress, steps=steps)
     return _session(setup, resuming=resume is not None, extend_to=extend_to, progress=progress,
-                    stop_at_step=stop_at_step)
+                    stop_at_step=stop_at_step, steps=steps)
 
 
 def _session(setup: Setup, *, resuming: bool, extend_to: int | None, progress: Progress,
-             stop_at_step: int | None) -> RunResult:
+             stop_at_step: int | None, steps: int | None = None) -> RunResult:
     run, config, schema = setup.run, setup.config, setup.schema
     assert schema.target is not None
+    train_loader, valid_loader = setup.loaders()
+    if steps is not None:  # whole epochs of the run's own optimizer steps (text tables skip the budget)
+        epochs = math.ceil(steps / math.ceil(len(train_loader) / config.train.grad_accum_steps))
+        if resuming:
+            extend_to = epochs
+        elif epochs != config.train.epochs:
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+            run.write("config.json", config.to_dict())
     if extend_to is not None:
         config = _extend(run, config, extend_to, progress)
-    train_loader, valid_loader = setup.loaders()
     seed_everything(config.train.seed)
     model = build_model(setup.architecture, setup.model_args)
     if not resuming and getattr(schema, "text", None):

@@ -45,14 +45,17 @@ class Budget:
                 " without improvement, best weights kept")
 
 
-def table_budget(rows: int, batch_size: int | None = None, members: int = 1) -> Budget:
+def table_budget(rows: int, batch_size: int | None = None, members: int = 1, steps: int | None = None) -> Budget:
     """The rule in the module docstring, for `rows` training rows (and a batch size the user chose) and
-    a model of `members` ensemble members (each costs about one MLP's time per row)."""
+    a model of `members` ensemble members (each costs about one MLP's time per row). `steps`: the user's
+    number of optimizer steps instead of TARGET_STEPS and the time cap."""
     rows = max(rows, 1)
     batch = batch_size or min(MAX_BATCH, max(MIN_BATCH, 2 ** round(math.log2(max(rows / 32, 1)))))
     per_epoch = math.ceil(rows / batch)
-    steps = max(1, min(TARGET_STEPS, MAX_ROWS_SEEN // (batch * members)))
-    epochs = max(MIN_EPOCHS, math.ceil(steps / per_epoch))
+    if steps:  # the user's steps, rounded up to whole epochs
+        epochs = math.ceil(steps / per_epoch)
+    else:
+        epochs = max(MIN_EPOCHS, math.ceil(max(1, min(TARGET_STEPS, MAX_ROWS_SEEN // (batch * members))) / per_epoch))
     steps = epochs * per_epoch
     valid_every = math.ceil(steps / VALIDATIONS) if epochs > VALIDATIONS else None
     return Budget(batch_size=batch, epochs=epochs, steps=steps, valid_every_steps=valid_every,
