@@ -75,3 +75,24 @@ def test_an_ensemble_shares_the_time_cap_among_its_members():
     assert eight.steps * eight.batch_size * 8 <= MAX_ROWS_SEEN + math.ceil(45_000 / 1024) * 1024 * 8
     assert eight.steps < one.steps
     assert table_budget(2_000, members=8).steps == table_budget(2_000).steps  # small tables: under the cap either way
+
+
+def test_small_steps_run_on_one_thread_unless_threads_are_chosen():
+    assert table_budget(800, members=8).threads == 1  # 32 rows x 8 members a step
+    assert table_budget(200_000, members=8).threads is None  # 1024 x 8: torch's default
+    assert table_budget(3_000).threads == 1
+
+
+def test_the_chosen_thread_count_is_recorded(torchkeep, make_table, tmp_path):
+    import json
+
+    make_table(rows=200).write_csv(tmp_path / "t.csv")
+    for threads, run in ((None, "default"), (2, "chosen")):
+        flags = ["--threads", threads] if threads else []
+        result = torchkeep("train", "--data", "t.csv", "--target", "late", "--steps", 20, *flags, "--run-dir", run,
+                           cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        train = json.loads((tmp_path / run / "config.json").read_text())["train"]
+        assert train["threads"] == (threads or 1)
+        budget = next(line for line in result.stderr.splitlines() if line.startswith("budget:"))
+        assert ("one CPU thread" in budget) == (threads is None)

@@ -90,7 +90,11 @@ def apply_budget(config: RunConfig, explicit: set[str], rows: int,
         return config, None  # the user's budget (flags, TOML, or a RunConfig built in Python)
     budget = table_budget(rows, batch_size=config.train.batch_size if "batch_size" in explicit else None,
                           members=config.model.ensemble_size, steps=steps)
+    if "threads" in explicit:
+        budget = dataclasses.replace(budget, threads=None)
     train_updates: dict[str, Any] = {"batch_size": budget.batch_size}
+    if budget.threads is not None:
+        train_updates["threads"] = budget.threads
     if "epochs" not in explicit:
         train_updates["epochs"] = budget.epochs
         if "early_stopping_patience" not in explicit:

@@ -24,7 +24,11 @@ MAX_ROWS_SEEN = 4_000_000  # the time cap: ~4M rows through one MLP (about 30-60
 MIN_BATCH, MAX_BATCH = 32, 1024
 MIN_EPOCHS = 3
 VALIDATIONS = 40
-PATIENCE = 10  # validations: a quarter of a run without a better validation ends it
+PATIENCE = 10
+# A step of at most this many rows x members runs on one CPU thread: waking a second thread for such
+# small matrices costs more than it saves, and far more on a busy machine (penguins, 247 rows, on a
+# loaded 2-core machine: 14.6 s with one thread, 165 s with two).
+ONE_THREAD_ROWS = 1024  # validations: a quarter of a run without a better validation ends it
 
 
 @dataclass(frozen=True)
@@ -35,14 +39,16 @@ class Budget:
     valid_every_steps: int | None  # None: validate at each epoch end
     early_stopping_patience: int
     members: int = 1  # ensemble members sharing the time cap
+    threads: int | None = None  # CPU threads: 1 for small steps, else None (torch's default, one per core)
 
     def describe(self, rows: int) -> str:
         cadence = (f"validation every {self.valid_every_steps} steps" if self.valid_every_steps
                    else "validation each epoch")
+        threads = "; one CPU thread (small steps)" if self.threads == 1 else ""  # the rule's, not the user's
         return (f"budget: {self.steps:,} steps = {self.epochs} epoch(s) of {math.ceil(rows / self.batch_size)} batches"
                 f" of {self.batch_size} ({rows:,} rows{f', {self.members} ensemble members' if self.members > 1 else ''});"
                 f" {cadence}, early stop after {self.early_stopping_patience}"
-                " without improvement, best weights kept")
+                f" without improvement, best weights kept{threads}")
 
 
 def table_budget(rows: int, batch_size: int | None = None, members: int = 1, steps: int | None = None) -> Budget:
@@ -59,4 +65,5 @@ def table_budget(rows: int, batch_size: int | None = None, members: int = 1, ste
     steps = epochs * per_epoch
     valid_every = math.ceil(steps / VALIDATIONS) if epochs > VALIDATIONS else None
     return Budget(batch_size=batch, epochs=epochs, steps=steps, valid_every_steps=valid_every,
-                  early_stopping_patience=PATIENCE, members=members)
+                  early_stopping_patience=PATIENCE, members=members,
+                  threads=1 if batch * members <= ONE_THREAD_ROWS else None)
