@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-COMMON = ("--target", "late", "--batch-size", 32, "--hidden-sizes", "16,8", "--threads", 1, "--quiet")
+COMMON = ("--target", "late", "--batch-size", 32, "--hidden-sizes", "16,8", "--ensemble-size", 1, "--threads", 1, "--quiet")
 
 
 @pytest.fixture

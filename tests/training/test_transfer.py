@@ -26,7 +26,9 @@ from torchkeep.training.transfer import TransferConfig, TransferPlan, load_pretr
 
 EPOCHS = 3
 BATCHES_PER_EPOCH = 9  # 540 training rows (600 less 10% for validation) in batches of 64
-SETTINGS = {"target": "late", "batch_size": 64, "hidden_sizes": [32, 16], "seed": 5, "deterministic": True, "quiet": True}
+# One MLP (ensemble_size 1): the tests name its layers; tests/models/test_tabular_ensemble.py covers an ensemble's.
+SETTINGS = {"target": "late", "batch_size": 64, "hidden_sizes": [32, 16], "ensemble_size": 1, "seed": 5,
+            "deterministic": True, "quiet": True}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_and_restored_determinism")  # tests/conftest.py
@@ -288,3 +290,31 @@ def test_backbone_lr_mult_without_pretrained_weights_warns(caplog) -> None:
     with caplog.at_level("WARNING", logger="torchkeep"):
         TransferPlan(small_model(), TransferConfig(backbone_lr_mult=0.1))
     assert "backbone_lr_mult 0.1 changes nothing: no parameter was loaded" in caplog.text
+
+
+def test_an_ensemble_moves_its_first_layer_inputs_and_member_scalings_too(tables, tmp_path) -> None:
+    ensemble = {**SETTINGS, "ensemble_size": 4}
+    source_dir, run_dir = tmp_path / "source", tmp_path / "carrier"
+    torchkeep.train(str(tables["pretrain"]), run_dir=str(source_dir), epochs=1, **ensemble)
+    torchkeep.train(str(tables["finetune"]), run_dir=str(run_dir), epochs=1, init_from=str(source_dir),
+                    **{**ensemble, "target": "carrier"})
+    report = json.loads((run_dir / "transfer.json").read_text())
+    assert {"mlp.layers.0.weight", "mlp.layers.0.r", "mlp.layers.1.weight"} <= set(report["loaded"])
+    schema = TableSchema.from_dict(json.loads((run_dir / "schema.json").read_text()))
+    args = json.loads((run_dir / "model.json").read_text())["args"]
+    model = build_model("entity_embedding_mlp", args)
+    load_pretrained(model, str(source_dir), adapt=level_aligner(schema))
+    source = bundle_weights(source_dir)
+    source_schema = TableSchema.from_dict(json.loads((source_dir / "schema.json").read_text()))
+    source_dims = [int(source[f"embeddings.{i}.weight"].shape[1]) for i in range(len(source_schema.categorical))]
+
+    def dep_delay_input(table_schema: TableSchema, dims: list[int]) -> int:
+        names = [c.name for c in table_schema.continuous]
+        before = table_schema.continuous[:names.index("dep_delay")]
+        return sum(dims) + sum(1 + c.missing_indicator for c in before)
+
+    moved_to = dep_delay_input(schema, args["embedding_dims"])
+    moved_from = dep_delay_input(source_schema, source_dims)
+    assert moved_to != moved_from
+    assert torch.equal(model.mlp.layers[0].weight[moved_to], source["mlp.layers.0.weight"][moved_from])
+    assert torch.equal(model.mlp.layers[0].r[:, moved_to], source["mlp.layers.0.r"][:, moved_from])

@@ -22,6 +22,9 @@ from torchkeep.models.tabular import TabularModelConfig
 from torchkeep.training.transfer import Adapt, Pretrained
 
 PREFIX = "embeddings"
+# The first layer's tensors and the dimension along which they read the inputs: one MLP's Linear
+# ([out, in]), an ensemble's shared weight ([in, out]) and its members' input scalings ([k, in]).
+FIRST_LAYER_INPUTS = (("mlp.0.weight", 1), ("mlp.layers.0.weight", 0), ("mlp.layers.0.r", 1))
 
 
 def source_schema(pretrained: Pretrained) -> TableSchema | None:
@@ -116,11 +119,16 @@ def level_aligner(schema: TableSchema) -> Adapt:
             return weights, lines
         dims = [int(state[f"{PREFIX}.{i}.weight"].shape[1]) for i in range(len(schema.categorical))]
         source_layout, layout = _inputs(old_schema, source_dims), _inputs(schema, dims)
-        first = weights.get("mlp.0.weight")
-        if first is not None and "mlp.0.weight" in state and first.shape[0] == state["mlp.0.weight"].shape[0] \
-                and first.shape[1] == sum(w for _, w in source_layout.values()):
-            weights["mlp.0.weight"], copied = _copy_inputs(first, state["mlp.0.weight"], source_layout, layout, dim=1)
-            lines.append(f"first layer: input columns of {copied} of {len(layout)} inputs from the pretrained run")
+        width = sum(w for _, w in source_layout.values())
+        for key, dim in FIRST_LAYER_INPUTS:
+            first = weights.get(key)
+            if first is None or key not in state or first.dim() != state[key].dim() or first.shape[dim] != width:
+                continue
+            if any(a != b for i, (a, b) in enumerate(zip(first.shape, state[key].shape)) if i != dim):
+                continue
+            weights[key], copied = _copy_inputs(first, state[key], source_layout, layout, dim=dim)
+            if key != "mlp.layers.0.r":  # one line per layer
+                lines.append(f"first layer: input columns of {copied} of {len(layout)} inputs from the pretrained run")
         # The continuous BatchNorm is per continuous input: same mapping, offsets after the embeddings.
         source_shift, shift = sum(source_dims), sum(dims)
         source_numbers = {k: (o - source_shift, w) for k, (o, w) in source_layout.items() if k[0] != "embedding"}
