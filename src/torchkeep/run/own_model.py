@@ -199,27 +199,11 @@ def fit(
     found = _fingerprint(train, inputs)
 
     if existing:
-        _check_same_data(run.read("run.json")["data"], found, run_dir)
-        model_spec = spec["args"]
-        if model_args is not None and model_args != model_spec["args"]:
-            raise ConfigError(f"{run_dir}: model_args were {model_spec['args']} when the run started, now {model_args}")
-        if model_spec["import"] != import_path(type(model)):
-            log.warning("%s was trained as %s; continuing it with %s", run_dir, model_spec["import"],
-                        import_path(type(model)))
+        model_spec = _reopen(run, spec, model, model_args, found)
     else:
-        if task and train_config.monitor is None and valid is not None:
-            monitor, mode = DEFAULT_MONITOR[task]
-            train_config = dataclasses.replace(train_config, monitor=monitor, monitor_mode=train_config.monitor_mode or mode)
-        if problem := import_problem(type(model)):
-            log.warning("%s, so torchkeep.load can rebuild it only in a process that defines it too; move the class"
-                        " into a module to load the bundle anywhere", problem)
-        model_spec = {"import": import_path(type(model)), "args": constructor_args(model, model_args)}
-        loop.check_device(train_config.device)
-        settings_json = {"run_dir": run_dir, "data": {"task": task}, "train": dataclasses.asdict(train_config),
-                         "checkpoint": dataclasses.asdict(checkpoint_config), "track": dataclasses.asdict(track_config)}
-        run.write_setup(config=settings_json, data=found,
-                        model={"architecture": ARCHITECTURE, "args": model_spec, "inputs": inputs,
-                               "loss": loss_name or "callable", "task": task})
+        train_config, model_spec = _start(run, model, model_args, train_config, checkpoint_config, track_config,
+                                          task=task, loss_name=loss_name, inputs=inputs, found=found,
+                                          validated=valid is not None)
 
     monitor = train_config.monitor or "loss"
     mode = train_config.monitor_mode or ("max" if monitor in HIGHER_IS_BETTER else "min")
@@ -241,6 +225,39 @@ def fit(
         progress=progress, resume=existing, stop_at_step=stop_at_step, save_bundle=save_bundle)
     return ModelRun(run_dir=run_dir, model=model, valid=result.valid, history=result.history, state=result.state,
                     bundle=run.bundle if complete else "")
+
+
+def _reopen(run: RunDir, spec: dict[str, Any], model: nn.Module, model_args: dict[str, Any] | None,
+            found: dict[str, Any]) -> dict[str, Any]:
+    """A run to continue: the same data and model class as it started with; its model spec."""
+    _check_same_data(run.read("run.json")["data"], found, run.path)
+    model_spec = spec["args"]
+    if model_args is not None and model_args != model_spec["args"]:
+        raise ConfigError(f"{run.path}: model_args were {model_spec['args']} when the run started, now {model_args}")
+    if model_spec["import"] != import_path(type(model)):
+        log.warning("%s was trained as %s; continuing it with %s", run.path, model_spec["import"],
+                    import_path(type(model)))
+    return model_spec
+
+
+def _start(run: RunDir, model: nn.Module, model_args: dict[str, Any] | None, train_config: loop.TrainConfig,
+           checkpoint_config: CheckpointConfig, track_config: TrackConfig, *, task: str | None, loss_name: str | None,
+           inputs: dict[str, Any], found: dict[str, Any], validated: bool) -> tuple[loop.TrainConfig, dict[str, Any]]:
+    """A new run: the default monitor, the device checked, then the run's files (run.json last)."""
+    if task and train_config.monitor is None and validated:
+        monitor, mode = DEFAULT_MONITOR[task]
+        train_config = dataclasses.replace(train_config, monitor=monitor, monitor_mode=train_config.monitor_mode or mode)
+    if problem := import_problem(type(model)):
+        log.warning("%s, so torchkeep.load can rebuild it only in a process that defines it too; move the class"
+                    " into a module to load the bundle anywhere", problem)
+    model_spec = {"import": import_path(type(model)), "args": constructor_args(model, model_args)}
+    loop.check_device(train_config.device)
+    settings_json = {"run_dir": run.path, "data": {"task": task}, "train": dataclasses.asdict(train_config),
+                     "checkpoint": dataclasses.asdict(checkpoint_config), "track": dataclasses.asdict(track_config)}
+    run.write_setup(config=settings_json, data=found,
+                    model={"architecture": ARCHITECTURE, "args": model_spec, "inputs": inputs,
+                           "loss": loss_name or "callable", "task": task})
+    return train_config, model_spec
 
 
 def _export_without_class(model: nn.Module, inputs: dict[str, Any], out: str) -> None:
