@@ -132,7 +132,7 @@ def add_parser(commands: Any) -> None:
                        help="classification: training targets moved E towards uniform (default 0)")
     training = p.add_argument_group("training")
     training.add_argument("--epochs", type=int, metavar="N",
-                          help="tables: default from the step budget, about 4,000 optimizer steps (at most 4M rows"
+                          help="tables: default from the step budget, about 4,000 optimizer steps (at most 4M rows x ensemble members"
                           " seen, at least 3 epochs), printed when the run starts; with many short epochs, validation"
                           " ~40 times a run, early stop after 10 without improvement, best weights kept (images 30,"
                           " text 5). With --resume RUN: train a run further")
