@@ -46,7 +46,7 @@ class TabularModelConfig:
     text_embedding_dim: int = 64
     text_dropout: float = 0.0
     # bag encoder: "mean" of token vectors, "sqrt" (sum / sqrt(tokens); runs with text columns default to
-    # it, text_setup.py) or "idf"-weighted (unit L2 norm)
+    # it, run/text.py) or "idf"-weighted (unit L2 norm)
     text_weighting: str = "mean"
     embeddings: str | None = None
     freeze_embeddings: bool = False
