@@ -211,3 +211,28 @@ def test_the_numeric_encoding_can_be_written_from_schema_json_alone(tiny_run) ->
             columns.append(missing.astype(float))
     eager = torch.load(tiny_run.eager, weights_only=True)
     assert np.allclose(np.stack(columns, axis=1), eager["continuous"].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("export_format", ["torchscript", "pt2", "onnx"])
+def test_an_exported_file_loads_as_a_predictor_like_its_run(tiny_run, capsys, tmp_path: Path, export_format: str) -> None:
+    out = tmp_path / export_format
+    status, _, stderr = export(capsys, tiny_run.run_dir, "--format", export_format, "--out", out)
+    assert status == 0, stderr
+    (path,) = [p for p in out.iterdir() if p.name.startswith("model.")]
+    frame = read_table(str(tiny_run.data))
+    expected = torchkeep.load(str(tiny_run.run_dir)).predict(frame)
+    found = torchkeep.load(str(path)).predict(frame)
+    assert found.columns == expected.columns
+    assert found["prediction"].equals(expected["prediction"])
+    assert (found["probability_True"] - expected["probability_True"]).abs().max() <= TOLERANCE
+    # the CLI's predict takes the file as it takes a run
+    assert main(["predict", str(path), "--data", str(tiny_run.data), "--out", str(tmp_path / "p.csv")]) == 0
+    capsys.readouterr()
+
+
+def test_an_exported_file_without_its_schema_is_refused_in_one_line(tiny_run, capsys, tmp_path: Path) -> None:
+    out = tmp_path / "pt2"
+    assert export(capsys, tiny_run.run_dir, "--format", "pt2", "--out", out)[0] == 0
+    (out / "schema.json").unlink()
+    with pytest.raises(CheckpointError, match=r"model.pt2: schema.json not found beside it"):
+        torchkeep.load(str(out / "model.pt2"))

@@ -7,6 +7,7 @@ from pathlib import Path
 from torchkeep.bundle import read_bundle, schema_from_dict
 from torchkeep.errors import CheckpointError, DataError
 from torchkeep.models.build import build_model
+from torchkeep.predict.exported import is_exported_file, load_exported
 from torchkeep.predict.own_model import TensorPredictor, load_own_model, load_unfinished
 from torchkeep.predict.predictor import Predictor
 from torchkeep.storage import open_storage
@@ -15,10 +16,13 @@ from torchkeep.training.loop import check_device, resolve_device
 
 
 def load(path: str, *, device: str = "cpu") -> Predictor | TensorPredictor:
-    """A Predictor from a bundle directory, or a run directory (its bundle, else its newest valid checkpoint).
+    """A Predictor from a bundle directory, a run directory (its bundle, else its newest valid checkpoint),
+    or a class-free export (`model.pt`, `model.pt2`, `model.onnx` with the schema.json written beside it).
     A model trained with torchkeep.fit comes back as a TensorPredictor (tensors in, tensors out).
     `device`: where the model runs ("cpu", "cuda", "cuda:1", "auto"); inputs and outputs stay on the CPU."""
     check_device(device)
+    if is_exported_file(path):
+        return load_exported(path, device=device)
     storage = open_storage(path)
     own = load_own_model(storage, path, device=resolve_device(device))
     if own is not None:
