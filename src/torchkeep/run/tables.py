@@ -80,10 +80,8 @@ def apply_budget(config: RunConfig, explicit: set[str], rows: int,
     """The step budget of training/budget.py for what the user left unset: batch size, epochs (from the
     batch, or from the user's `steps`), and with many short epochs validation and checkpoints by steps
     and early stopping."""
-    if steps is not None:
-        if "epochs" in explicit:
-            raise ConfigError("--steps and --epochs both set how long a run trains; give one of them")
-        explicit = explicit - {"epochs"}
+    if steps is not None and "epochs" in explicit:
+        raise ConfigError("--steps and --epochs both set how long a run trains; give one of them")
     defaults, chosen = TrainConfig(), explicit & {"epochs", "batch_size"}
     set_in_code = (config.train.epochs, config.train.batch_size) != (defaults.epochs, defaults.batch_size)
     if steps is None and (chosen == {"epochs", "batch_size"} or (not chosen and set_in_code)):

@@ -24,11 +24,11 @@ MAX_ROWS_SEEN = 4_000_000  # the time cap: ~4M rows through one MLP (about 30-60
 MIN_BATCH, MAX_BATCH = 32, 1024
 MIN_EPOCHS = 3
 VALIDATIONS = 40
-PATIENCE = 10
+PATIENCE = 10  # validations: a quarter of a run without a better validation ends it
 # A step of at most this many rows x members runs on one CPU thread: waking a second thread for such
 # small matrices costs more than it saves, and far more on a busy machine (penguins, 247 rows, on a
 # loaded 2-core machine: 14.6 s with one thread, 165 s with two).
-ONE_THREAD_ROWS = 1024  # validations: a quarter of a run without a better validation ends it
+ONE_THREAD_ROWS = 1024
 
 
 @dataclass(frozen=True)
