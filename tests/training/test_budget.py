@@ -55,6 +55,7 @@ def test_a_run_prints_its_budget_and_saves_it(torchkeep, make_table, tmp_path):
     assert config["train"]["batch_size"] == expected.batch_size
     assert config["train"]["epochs"] == expected.epochs
     assert config["train"]["early_stopping_patience"] == expected.early_stopping_patience
+    assert config["train"]["anneal_on_stall"] is True  # the budget anneals after its first stall
 
 
 def test_flags_that_set_the_budget_are_kept(torchkeep, make_table, tmp_path):
@@ -67,6 +68,7 @@ def test_flags_that_set_the_budget_are_kept(torchkeep, make_table, tmp_path):
 
     train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert (train["epochs"], train["batch_size"], train["early_stopping_patience"]) == (2, 50, None)
+    assert train["anneal_on_stall"] is False
 
 
 def test_an_ensemble_shares_the_time_cap_among_its_members():

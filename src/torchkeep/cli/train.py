@@ -23,7 +23,7 @@ A TOML config maps one to one onto the settings: [data] path, target, task, vali
 categorical, continuous, drop, scaling, numeric_encoding, numeric_bins, min_level_count; [model] hidden_sizes,
 ensemble_size, label_smoothing, dropout, batch_norm, embedding_dims;
 [train] epochs, batch_size, seed, deterministic, grad_accum_steps, clip_grad_norm, early_stopping_patience,
-monitor, valid_every_steps, valid_every_epoch, restore_best, ema_decay, log_every_steps; [train.optim] optimizer, lr,
+monitor, valid_every_steps, valid_every_epoch, restore_best, anneal_on_stall, ema_decay, log_every_steps; [train.optim] optimizer, lr,
 weight_decay, schedule; [train.transfer] init_from, freeze, unfreeze_at, backbone_lr_mult,
 rename = {"old_prefix." = "new_prefix."}; [checkpoint] every_steps, keep_last, async;
 [track] trackers = ["tensorboard", "wandb"]. Images: [data] image_dir, image_size, channels, file_column,
@@ -150,6 +150,9 @@ def add_parser(commands: Any) -> None:
     training.add_argument("--grad-accum-steps", type=int, metavar="N")
     training.add_argument("--clip-grad-norm", type=float, metavar="X")
     training.add_argument("--early-stopping-patience", type=int, metavar="N", help="validations without improvement")
+    training.add_argument("--anneal-on-stall", action=argparse.BooleanOptionalAction, default=None,
+                          help="at the first early stop: restore the best weights, anneal the learning rate to 0 over"
+                          " as many steps as the stall took, keep the best of all (default on for tables' step budget)")
     training.add_argument("--monitor", metavar="METRIC", help="metric for early stopping and best weights (default per task)")
     training.add_argument("--valid-every-steps", type=int, metavar="N")
     training.add_argument("--seed", type=int, metavar="N")
@@ -210,7 +213,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
              "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay", "pool", "scaling",
-             "numeric_encoding", "numeric_bins", "ensemble_size", "label_smoothing", "min_level_count")
+             "numeric_encoding", "numeric_bins", "ensemble_size", "label_smoothing", "min_level_count", "anneal_on_stall")
 
 
 def run(args: argparse.Namespace) -> int:

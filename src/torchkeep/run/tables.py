@@ -97,6 +97,8 @@ def apply_budget(config: RunConfig, explicit: set[str], rows: int,
         train_updates["epochs"] = budget.epochs
         if "early_stopping_patience" not in explicit:
             train_updates["early_stopping_patience"] = budget.early_stopping_patience
+        if "anneal_on_stall" not in explicit:
+            train_updates["anneal_on_stall"] = True
         if budget.valid_every_steps and not explicit & {"valid_every_steps", "valid_every_epoch"}:
             train_updates.update(valid_every_steps=budget.valid_every_steps, valid_every_epoch=False)
     checkpoint = config.checkpoint

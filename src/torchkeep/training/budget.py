@@ -9,8 +9,9 @@ on a 1k-row table and 700 on a 250k-row one. So a table run without --epochs / -
     epochs = ceil(steps / batches per epoch), at least MIN_EPOCHS
 
 with validation about VALIDATIONS times a run (each epoch when epochs are few, else every
-steps / VALIDATIONS steps), early stopping after PATIENCE validations without improvement, and the
-weights of the best validation restored at the end. The learning-rate schedule is sized by the
+steps / VALIDATIONS steps), and after PATIENCE validations without improvement the best weights
+restored and the learning rate annealed to zero over as many steps, then the end
+(training/schedule.py); the weights of the best validation are kept. The learning-rate schedule is sized by the
 run's steps, so it decays to its end whatever the table's size.
 """
 
@@ -47,8 +48,8 @@ class Budget:
         threads = "; one CPU thread (small steps)" if self.threads == 1 else ""  # the rule's, not the user's
         return (f"budget: {self.steps:,} steps = {self.epochs} epoch(s) of {math.ceil(rows / self.batch_size)} batches"
                 f" of {self.batch_size} ({rows:,} rows{f', {self.members} ensemble members' if self.members > 1 else ''});"
-                f" {cadence}, early stop after {self.early_stopping_patience}"
-                f" without improvement, best weights kept{threads}")
+                f" {cadence}; after {self.early_stopping_patience} without improvement: best weights back, learning rate"
+                f" annealed, stop; best weights kept{threads}")
 
 
 def table_budget(rows: int, batch_size: int | None = None, members: int = 1, steps: int | None = None) -> Budget:

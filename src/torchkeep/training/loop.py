@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Collection, Iterable, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from torchkeep.training.ema import WeightAverage, ema_weights
 from torchkeep.training.metrics import HIGHER_IS_BETTER, MetricFn
 from torchkeep.training.optim import OptimConfig, build_optimizer, build_scheduler
 from torchkeep.training.progress import Progress
+from torchkeep.training.schedule import anneal_lr, annealed, extend_schedule, start_anneal
 from torchkeep.training.state import TrainState, seed_everything
 from torchkeep.training.transfer import TransferConfig, TransferPlan
 
@@ -53,6 +53,9 @@ class TrainConfig:
     # Exponential moving average of the weights (training/ema.py), updated after every optimizer step;
     # validation, the best-epoch pick and the final weights use it. None: off.
     ema_decay: float | None = None
+    # At the first stall (early_stopping_patience validations without a better one), restore the best
+    # weights and anneal the learning rate to zero before stopping (training/anneal.py). False: stop there.
+    anneal_on_stall: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
@@ -159,24 +162,6 @@ def evaluate(model: nn.Module, loss_fn: Callable[..., torch.Tensor], loader: Ite
     return metrics
 
 
-def extend_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, state: TrainState,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A resumed run given another number of epochs: the schedule is rebuilt for the new total and moved
-    to the step the run has reached, so the rest of the run follows the schedule of a run started with
-    the new budget (identical to one with a constant schedule; one-cycle and cosine resume at the
-    learning rate the longer schedule has at that step). Early stopping starts counting again."""
-    for group in optimizer.param_groups:  # each group's configured rate, as when a run starts
-        group["lr"] = group.get("max_lr", group.get("initial_lr", group["lr"]))  # one-cycle's peak; cosine's base
-    scheduler = build_scheduler(config.optim, optimizer, steps_per_epoch * config.epochs)
-    if scheduler is not None:
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no update is due here
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(state.step):
-                scheduler.step()
-    state.epochs, state.stopped_early, state.bad_evaluations = config.epochs, False, 0
-    return scheduler
-
-
 def fit(
     model: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
@@ -237,7 +222,7 @@ def fit(
         if restored is not None:
             state = TrainState.from_dict(restored.extra["train_state"])
             if state.epochs != config.epochs:  # extended (or shortened) on resume: see extend_schedule
-                scheduler = extend_schedule(config, optimizer, state, steps_per_epoch)
+                scheduler = extend_schedule(config.optim, config.epochs, optimizer, state, steps_per_epoch)
             if average is not None:
                 average.load_state_dict(restored.extra.get("ema"), f"{checkpointer.storage.uri}/{restored.name}")
             progress.message(f"resumed from {restored.name} (epoch {train_loader.epoch + 1}, "
@@ -249,6 +234,7 @@ def fit(
     best_weights: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = []
     last_saved = state.step if resume else -1
+    validated_step = -1
 
     def log_event(event: dict[str, Any]) -> None:
         history.append({"step": state.step, **event})
@@ -256,9 +242,10 @@ def fit(
             tracker.log(event, state.step)
 
     def validate() -> None:
-        nonlocal best_weights
-        if valid_loader is None:
+        nonlocal best_weights, validated_step
+        if valid_loader is None or validated_step == state.step:
             return
+        validated_step = state.step
         metrics = evaluate(evaluated, loss_fn, valid_loader, metrics_fn, device)
         train_mode()
         state.last_valid = metrics
@@ -277,7 +264,28 @@ def fit(
         else:
             state.bad_evaluations += 1
             if config.early_stopping_patience and state.bad_evaluations >= config.early_stopping_patience:
-                state.stopped_early = True
+                if config.anneal_on_stall and restore_best and state.anneal_start is None and load_best():
+                    if average is not None:
+                        average.module.load_state_dict(model.state_dict())
+                    start_anneal(state, optimizer)
+                    progress.message(f"step {state.step}: no better validation since step {state.best_step}; its weights"
+                                     f" restored, learning rate annealed to 0 over {state.anneal_steps} steps")
+                else:
+                    state.stopped_early = True
+
+    def load_best() -> bool:
+        """The best validation's weights into the model: from memory, else (resumed since) its checkpoint."""
+        weights = best_weights
+        if weights is None:
+            try:
+                best = checkpointer.restore(model=model, step=state.best_step, restore_rng=False)  # type: ignore[union-attr]
+            except (CheckpointError, AttributeError) as error:
+                log.warning("keeping the last weights: the best ones (step %s) are gone: %s", state.best_step, error)
+                return False
+            weights = ema_weights(best.extra if best else None) if average is not None else None
+        if weights is not None:
+            model.load_state_dict(weights)
+        return True
 
     def save() -> None:
         nonlocal last_saved
@@ -333,7 +341,9 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             if average is not None:
                 average.update(model)
-            if scheduler is not None:
+            if state.anneal_start is not None:
+                anneal_lr(state, optimizer)
+            elif scheduler is not None:
                 scheduler.step()
             state.step += 1
             if state.step == stop_at_step:
@@ -356,6 +366,10 @@ def fit(
                                        state.last_valid)
                 if state.stopped_early:
                     break
+            if annealed(state):
+                validate()
+                state.stopped_early = True
+                break
             if checkpoint_every_steps and state.step % checkpoint_every_steps == 0 and position < batches_per_epoch:
                 state.train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
@@ -376,16 +390,6 @@ def fit(
         progress.end_run()
     if checkpointer is not None:
         checkpointer.wait()
-    if not (restore_best and state.best_step is not None and state.best_step != state.step):
-        return finish(state.last_valid)
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
-    else:  # resumed after the best validation: its checkpoint is kept as best-k
-        try:
-            best = checkpointer.restore(model=model, step=state.best_step, restore_rng=False)  # type: ignore[union-attr]
-        except (CheckpointError, AttributeError) as error:
-            log.warning("keeping the last weights: the best ones (step %s) are gone: %s", state.best_step, error)
-            return finish(state.last_valid)
-        if average is not None and (weights := ema_weights(best.extra if best else None)) is not None:
-            model.load_state_dict(weights)
-    return FitResult(state=state, valid=state.best_valid, history=history)
+    if restore_best and state.best_step is not None and state.best_step != state.step and load_best():
+        return FitResult(state=state, valid=state.best_valid, history=history)
+    return finish(state.last_valid)

@@ -18,6 +18,9 @@ class TrainState:
     best_step: int | None = None
     bad_evaluations: int = 0  # validations in a row without improvement (early stopping)
     stopped_early: bool = False
+    anneal_start: int | None = None  # the step annealing after a stall began (training/anneal.py)
+    anneal_steps: int = 0  # its length in steps
+    anneal_lr: list[float] = field(default_factory=list)  # the learning rates it decays from, per param group
     train_seconds: float = 0.0
     last_valid: dict[str, float] = field(default_factory=dict)
     best_valid: dict[str, float] = field(default_factory=dict)  # validation metrics at best_step
