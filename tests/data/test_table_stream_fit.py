@@ -64,7 +64,7 @@ def test_one_pass_fit_equals_the_in_memory_fit(tmp_path: Path, options: dict) ->
     assert streamed.target == memory.target
     assert streamed.categorical == memory.categorical  # levels, their order and null flags: exactly
     assert streamed.null_targets == dataset.rows - frame.height
-    assert sum(streamed.rows.values()) == frame.height
+    assert sum(streamed.train_rows) == frame.height
     assert [c.name for c in streamed.continuous] == [c.name for c in memory.continuous]
     for got, expected in zip(streamed.continuous, memory.continuous):
         assert (got.median, got.center, got.scale, got.missing_indicator, got.scaling) == (

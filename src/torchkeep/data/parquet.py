@@ -61,10 +61,25 @@ def is_parquet_dataset(path: str) -> bool:
     return any(_is_data_key(name) for _, _, names in os.walk(path) for name in names)
 
 
+def dataset_name(path: str) -> str:
+    """A short name for a run directory: the folder or prefix of a dataset, a file's stem."""
+    parts = [part for part in path.removeprefix("s3://").split("/") if part and not any(c in part for c in GLOB_CHARS)]
+    last = parts[-1] if parts else "data"
+    return last.rsplit(".", 1)[0] if last.lower().endswith((*SUFFIXES, ".csv")) else last
+
+
 def _is_data_key(key: str) -> bool:
     """A parquet file of the dataset; `_SUCCESS`, `_metadata` and hidden files are not."""
     name = key.rsplit("/", 1)[-1]
     return name.lower().endswith(SUFFIXES) and not name.startswith(("_", "."))
+
+
+class UnreadableFile(DataError):
+    """A file of the dataset that cannot be read: named in the message, its key in `key`."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,12 @@ class ParquetDataset:
         """The table's size in memory, estimated from the footers' uncompressed column sizes."""
         return sum(f.bytes for f in self.fragments)
 
+    def leave_out(self, key: str) -> None:
+        """Leave a file out (it cannot be read), counted in `skipped`."""
+        self.skipped.append(key)
+        self.files = [k for k in self.files if k != key]
+        self.fragments = [f for f in self.fragments if f.file != key]
+
     def where(self, key: str) -> str:
         return f"{self.storage.uri.rstrip('/')}/{key}"
 
@@ -162,16 +183,25 @@ class ParquetDataset:
             raise DataError(str(error)) from None
         except Exception as error:  # pyarrow's errors for a damaged file are many (ArrowInvalid, OSError, ...)
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise DataError(f"{self.where(key)}: cannot read{' ' + what if what else ''} as parquet: {first}") from error
+            raise UnreadableFile(f"{self.where(key)}: cannot read{' ' + what if what else ''} as parquet: {first}",
+                                 key) from error
         assert isinstance(frame, pl.DataFrame)
         wanted = [name for name in partition if columns is None or name in columns]
         if wanted:
             frame = frame.with_columns(pl.lit(partition[name], dtype=self.columns[name]).alias(name) for name in wanted)
         return frame
 
-    def read_all(self, columns: list[str] | None = None) -> pl.DataFrame:
-        """The whole dataset in memory, files in order (the table a streamed run reads in pieces)."""
-        frames = [self.read_file(key, columns) for key in self.files if any(f.file == key for f in self.fragments)]
+    def read_all(self, columns: list[str] | None = None, *, skip_bad_files: bool = False) -> pl.DataFrame:
+        """The whole dataset in memory, files in order (the table a streamed run reads in pieces). With
+        `skip_bad_files`, a file that cannot be read is left out and added to `skipped`."""
+        frames = []
+        for key in [key for key in self.files if any(f.file == key for f in self.fragments)]:
+            try:
+                frames.append(self.read_file(key, columns))
+            except UnreadableFile:
+                if not skip_bad_files:
+                    raise
+                self.leave_out(key)
         if not frames:
             raise DataError(f"{self.uri}: the dataset has no rows")
         return pl.concat(frames, how="vertical")

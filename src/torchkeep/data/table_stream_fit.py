@@ -15,6 +15,7 @@ are counted everywhere, so that the loader knows each fragment's rows exactly.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -116,7 +117,8 @@ class StreamFit:
     continuous: list[ContinuousColumn]
     target: TargetSpec
     notes: list[dict[str, str]]
-    rows: dict[Fragment, int] = field(default_factory=dict)
+    train_rows: list[int] = field(default_factory=list)  # per fragment fitted on, in order
+    other_rows: list[int] = field(default_factory=list)  # per fragment only checked
     null_targets: int = 0
 
 
@@ -126,8 +128,10 @@ def fit_streamed(
     drop: list[str] | tuple[str, ...] = (), max_integer_levels: int = 32, standardize_target: bool = True,
     scaling: str = "standard", numeric_encoding: str = "none", numeric_bins: int = 16, min_level_count: int = 1,
     source: str = "training data", threads: int = 2, on_progress: Callable[[int, int, int], None] | None = None,
+    others_dataset: ParquetDataset | None = None,
 ) -> StreamFit:
-    """One pass over `train` (fitted on) and `others` (checked only). Options as in table_fit.fit_columns."""
+    """One pass over `train` (fitted on) and `others` (checked only; fragments of `others_dataset` when given,
+    a separate validation dataset). Options as in table_fit.fit_columns."""
     columns = dataset.columns
     for option, names in (("--categorical", categorical), ("--continuous", continuous), ("--drop", drop)):
         unknown = [n for n in names if n not in columns]
@@ -150,24 +154,31 @@ def fit_streamed(
     target_type = CASTS[kinds[target] or "string"]
     target_stats = ColumnStats(target, LEVEL_CAP, kinds[target] in ("integer", "float"), target_type)
     seen_labels = ColumnStats(target, LEVEL_CAP, False, target_type)  # labels of the fragments not fitted on
-    fitted = set(train)
-    result_rows: dict[Fragment, int] = {}
+    others_dataset = others_dataset or dataset
+    if others_dataset.columns != columns:
+        missing = [n for n in columns if n not in others_dataset.columns]
+        raise DataError(f"{others_dataset.uri}: the validation data's columns differ from the training data's"
+                        f" ({'missing ' + sample(missing) if missing else 'other types or order'})")
+    counted: list[int] = []
     null_targets = 0
-    for index, (fragment, frame, nulls) in enumerate(_frames(dataset, train + others, columns, target, threads)):
-        where = f"{dataset.where(fragment.file)} (row group {fragment.row_group})"
+    frames = itertools.chain(_frames(dataset, train, columns, target, threads),
+                             _frames(others_dataset, others, columns, target, threads))
+    for index, (fragment, frame, nulls) in enumerate(frames):
+        fitted = index < len(train)
+        where = f"{(dataset if fitted else others_dataset).where(fragment.file)} (row group {fragment.row_group})"
         null_targets += nulls
-        result_rows[fragment] = frame.height
+        counted.append(frame.height)
         for name, dtype in columns.items():  # as check_frame: every float column, whatever becomes of it
             if dtype.is_float() and name not in stats and frame.height:
                 check_finite(frame.get_column(name), name, where)
-        if fragment in fitted:
+        if fitted:
             for name, column in stats.items():
                 column.merge(summarize(frame.get_column(name), column, where))
             target_stats.merge(summarize(frame.get_column(target), target_stats, where))
         else:
             seen_labels.merge(summarize(frame.get_column(target), seen_labels, where))
         if on_progress is not None:
-            on_progress(index + 1, len(train) + len(others), sum(result_rows.values()))
+            on_progress(index + 1, len(train) + len(others), sum(counted))
     if target_stats.rows == 0:
         raise DataError(f"target column '{target}' is null in every row; nothing to learn")
     spec = _target(target_stats, kinds[target] or "string", columns[target], task, standardize_target, source)
@@ -175,14 +186,14 @@ def fit_streamed(
         known = set(spec.labels)
         unseen = [v for v in seen_labels.counts.get_column("level").cast(CASTS[spec.kind]).to_list() if v not in known]
         if unseen:
-            raise DataError(f"{dataset.uri} (validation fragments): target column '{target}' has label(s)"
+            raise DataError(f"{others_dataset.uri} (validation): target column '{target}' has label(s)"
                             f" {sample(sorted(unseen, key=str))} not seen in training (known: {sample(spec.labels, 10)})")
     cats, conts, notes = _columns(stats, kinds, columns, categorical, continuous, max_integer_levels, scaling,
                                   numeric_bins if numeric_encoding == "ple" else 0, min_level_count, source)
     if not cats and not conts:
         dropped = f" ({len(notes)} dropped: {sample([n['column'] for n in notes])})" if notes else ""
         raise DataError(f"{source}: no feature columns left besides the target '{target}'{dropped}")
-    return StreamFit(cats, conts, spec, notes, result_rows, null_targets)
+    return StreamFit(cats, conts, spec, notes, counted[: len(train)], counted[len(train) :], null_targets)
 
 
 def _plan(name: str, dtype: Any, named_categorical: bool, named_continuous: bool,
