@@ -182,7 +182,7 @@ class ParquetDataset:
         except StorageError as error:
             raise DataError(str(error)) from None
         except Exception as error:  # pyarrow's errors for a damaged file are many (ArrowInvalid, OSError, ...)
-            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            first = str(error).strip().splitlines()[0][:200].rstrip(".") if str(error).strip() else type(error).__name__
             raise UnreadableFile(f"{self.where(key)}: cannot read{' ' + what if what else ''} as parquet: {first}",
                                  key) from error
         assert isinstance(frame, pl.DataFrame)
@@ -226,7 +226,7 @@ def open_dataset(path: str, *, skip_bad_files: bool = False) -> ParquetDataset:
         except StorageError as error:
             raise DataError(str(error)) from None
         except Exception as error:
-            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            first = str(error).strip().splitlines()[0][:200].rstrip(".") if str(error).strip() else type(error).__name__
             return key, None, 0, first
 
     with ThreadPoolExecutor(max_workers=FOOTER_THREADS, thread_name_prefix="torchkeep-footers") as pool:
