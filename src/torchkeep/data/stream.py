@@ -118,7 +118,7 @@ class StreamLoader:
         fragment = self.fragments[index]
         where = f"{self.dataset.where(fragment.file)} (row group {fragment.row_group})"
         frame = self.dataset.read_fragment(fragment, self.columns)
-        if self.schema.target is not None:
+        if self.schema.target is not None and frame.get_column(self.schema.target.name).null_count():
             frame = frame.filter(pl.col(self.schema.target.name).is_not_null())
         if frame.height != self.rows[index]:
             raise DataError(f"{where}: {frame.height:,} rows with a target, {self.rows[index]:,} when the run started;"
