@@ -182,7 +182,8 @@ def main() -> None:
     schema_path.write_text(schema.to_json())
     disk = sum(p.stat().st_size for p in data.rglob("*.parquet"))
     print(f"dataset: {dataset.rows:,} rows, {len(dataset.files)} files, {len(dataset.fragments)} row groups,"
-          f" {disk / 2**20:.0f} MiB on disk, ~{dataset.memory_bytes / 2**20:.0f} MiB in memory (footers);"
+          f" {disk / 2**20:.0f} MiB on disk, ~{dataset.memory_bytes / 2**20:.0f} MiB as a table in memory,"
+          f" ~{dataset.run_bytes(16) / 2**20:.0f} MiB with its tensors (both from the footers);"
           f" one-pass schema fit {fit_s:.1f} s ({dataset.rows / fit_s:,.0f} rows/s)")
 
     results = {kind: run_worker(kind, str(data), str(schema_path), args.per_row_rows)
@@ -205,7 +206,7 @@ def main() -> None:
     print(f"StreamLoader / per-row: {stream_rate / per_row_rate:.1f}x (target >= 20x);"
           f" StreamLoader / BatchLoader: {stream_rate / memory_rate:.3f}x (target >= 0.5x)")
 
-    limit_gib = dataset.memory_bytes / 4 / GiB
+    limit_gib = dataset.run_bytes(16) / 4 / GiB
     stream_peak, stream_s, _ = train_peak(str(data), str(root / "run-stream"), limit_gib, args.train_steps)
     memory_peak, memory_s, _ = train_peak(str(data), str(root / "run-memory"), 64.0, args.train_steps)
     for run in ("run-stream", "run-memory"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import polars as pl
@@ -13,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from torchkeep.data import stream
 from torchkeep.data.parquet import open_dataset
 from torchkeep.data.stream import StreamLoader
 from torchkeep.data.table import TableSchema
@@ -54,9 +56,10 @@ def ids(batch: dict[str, torch.Tensor]) -> list[int]:
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files=st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=4), min_size=1, max_size=4),
        batch_size=st.integers(1, 50), buffer_rows=st.integers(1, 120), seed=st.integers(0, 2**31),
-       stop=st.floats(0, 1))
-def test_every_row_once_per_epoch_and_resume_at_any_batch_continues_exactly(files, batch_size, buffer_rows, seed, stop):
-    with tempfile.TemporaryDirectory() as directory:
+       stop=st.floats(0, 1), decode_rows=st.integers(1, 60))
+def test_every_row_once_per_epoch_and_resume_at_any_batch_continues_exactly(files, batch_size, buffer_rows, seed, stop,
+                                                                           decode_rows):
+    with tempfile.TemporaryDirectory() as directory, patch.object(stream, "DECODE_ROWS", decode_rows):
         rows = write_fragments(Path(directory) / "d", files)
         loader = loader_for(Path(directory) / "d", batch_size, buffer_rows, seed)
         assert len(loader) == -(-rows // batch_size)

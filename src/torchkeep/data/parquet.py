@@ -141,8 +141,15 @@ class ParquetDataset:
 
     @property
     def memory_bytes(self) -> int:
-        """The table's size in memory, estimated from the footers' uncompressed column sizes."""
+        """The table's size in memory as polars holds it, estimated from the footers: per column chunk its
+        uncompressed size, or its rows x the width of a value where that is more (strings 16 bytes)."""
         return sum(f.bytes for f in self.fragments)
+
+    def run_bytes(self, numeric_bins: int = 0) -> int:
+        """What a run that reads the dataset whole holds: the table and its tensors (8 bytes a value that may
+        become a category code, 4 x (2 + bins) for a float column: scaled value, bins, missing indicator)."""
+        row = sum(4 * (2 + numeric_bins) if dtype.is_float() else 8 for dtype in self.columns.values())
+        return self.memory_bytes + self.rows * row
 
     def leave_out(self, key: str) -> None:
         """Leave a file out (it cannot be read), counted in `skipped`."""
@@ -246,7 +253,7 @@ def open_dataset(path: str, *, skip_bad_files: bool = False) -> ParquetDataset:
     partitions, partition_types = _partitions([key for key, _, _ in good], where, columns)
     columns.update(partition_types)
     fragments = [
-        Fragment(key, i, metadata.row_group(i).num_rows, metadata.row_group(i).total_byte_size)
+        Fragment(key, i, metadata.row_group(i).num_rows, _memory_bytes(metadata, i))
         for key, metadata, _ in good for i in range(metadata.num_row_groups) if metadata.row_group(i).num_rows > 0
     ]
     return ParquetDataset(uri=path, storage=storage, files=[key for key, _, _ in good], columns=columns,
@@ -282,6 +289,19 @@ def _find(path: str) -> tuple[str, list[str]]:
     if pattern is not None and root.startswith("s3://"):
         keys = [key for key in keys if fnmatch.fnmatch(key, pattern)]
     return root, sorted(key for key in keys if _is_data_key(key))
+
+
+WIDTHS = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 16, "FLOAT": 4, "DOUBLE": 8, "BYTE_ARRAY": 16}
+
+
+def _memory_bytes(metadata: Any, row_group: int) -> int:
+    group = metadata.row_group(row_group)
+    total = 0
+    for j in range(group.num_columns):
+        chunk = group.column(j)
+        width = WIDTHS.get(chunk.physical_type, metadata.schema.column(j).length or 8)
+        total += max(chunk.total_uncompressed_size, group.num_rows * width)
+    return total
 
 
 def _polars_types(metadata: Any) -> dict[str, pl.DataType]:

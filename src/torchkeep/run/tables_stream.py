@@ -52,10 +52,15 @@ def dataset_at(config: RunConfig, data: Any) -> ParquetDataset | None:
     return open_dataset(path, skip_bad_files=config.data.skip_bad_files)
 
 
+def run_bytes(config: RunConfig, dataset: ParquetDataset) -> int:
+    """A run's memory for `dataset` read whole: the table and its tensors (ParquetDataset.run_bytes)."""
+    return dataset.run_bytes(config.data.numeric_bins if config.data.numeric_encoding == "ple" else 0)
+
+
 def streams(config: RunConfig, dataset: ParquetDataset) -> bool:
     """Whether to stream `dataset`: asked to, or too large for `data.in_memory_bytes` (default: a quarter
-    of this machine's memory)."""
-    return config.data.stream or dataset.memory_bytes > (config.data.in_memory_bytes or memory_limit_bytes())
+    of this machine's memory) once read whole with its tensors."""
+    return config.data.stream or run_bytes(config, dataset) > (config.data.in_memory_bytes or memory_limit_bytes())
 
 
 def start(dataset: ParquetDataset, config: RunConfig, overrides: dict[str, Any], progress: Progress,
@@ -76,7 +81,8 @@ def start(dataset: ParquetDataset, config: RunConfig, overrides: dict[str, Any],
     limit = data.in_memory_bytes or memory_limit_bytes()
     why = "--stream" if asked else f"over --in-memory-gib {limit / GiB:.2f}"
     progress.message(f"streaming {dataset.uri}: {len(dataset.files):,} file(s), {dataset.rows:,} rows in"
-                     f" {len(dataset.fragments):,} row groups, ~{dataset.memory_bytes / GiB:.2f} GiB in memory ({why})")
+                     f" {len(dataset.fragments):,} row groups, ~{run_bytes(config, dataset) / GiB:.2f} GiB read whole"
+                     f" with its tensors ({why})")
     run = RunDir.new(config.run_dir, dataset_name(dataset.uri))
     config = dataclasses.replace(config, run_dir=run.path)
     valid_dataset, fit, train, valid = _fit(dataset, config, progress)
