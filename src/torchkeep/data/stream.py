@@ -17,6 +17,7 @@ read-ahead, one gathered chunk, and the decode in flight (bench/README.md measur
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -34,7 +35,9 @@ BUFFER_BYTES = 256 << 20  # decoded rows shuffled together
 # Small row groups of a window are decoded together, up to this many rows: each polars operation of
 # `transform` costs ~0.1 ms whatever its size, which was most of the time on row groups of 5,000 rows.
 DECODE_ROWS = 65_536
-THREADS = 2  # readers: parquet decoding and transform release the GIL for most of their time
+# Reader threads: parquet decoding and transform release the GIL for most of their time; half the cores
+# (at least 2), the other half trains.
+THREADS = max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
 def window_seed(seed: int, epoch: int, window: int) -> int:
