@@ -83,13 +83,13 @@ def add_parser(commands: Any) -> None:
     stream = p.add_argument_group(
         "large tables (parquet datasets)", "A dataset that fits in --in-memory-gib is read whole, as one table. A larger"
         " one (or any, with --stream) is streamed: its row groups are split into training and validation, the schema"
-        " is fitted in one pass (quantiles by a sketch, rank error < 0.05%%), and training reads the row groups in a"
+        " is fitted in one pass (quantiles by a sketch, rank error < 0.05%), and training reads the row groups in a"
         " seeded order per epoch, a few ahead in threads, shuffled within --shuffle-buffer-mib; --resume continues at"
         " exactly the next batch.")
     stream.add_argument("--stream", action="store_true", default=None, help="stream the parquet data whatever its size")
     stream.add_argument("--in-memory-gib", type=float, metavar="G",
-                        help="read a dataset whole up to this size in memory, estimated from the parquet footers"
-                        " (default: a quarter of this machine's memory)")
+                        help="read a dataset whole while it and its tensors fit in this much memory, estimated"
+                        " from the parquet footers (default: a quarter of this machine's memory)")
     stream.add_argument("--shuffle-buffer-mib", type=float, metavar="M",
                         help="decoded training rows shuffled together when streaming (default 256)")
     stream.add_argument("--skip-bad-files", action="store_true", default=None,
