@@ -105,6 +105,10 @@ def test_bad_datasets_get_one_line_naming_the_file(tmp_path: Path, make_table, t
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
         assert "no parquet files (*.parquet)" in done.stderr
 
+    frame.write_csv(tmp_path / "flights.csv")
+    done = torchkeep("train", "--data", "flights.csv", "--target", "late", "--stream", cwd=tmp_path)
+    assert done.returncode == 2 and "--stream reads parquet files; flights.csv is not" in done.stderr
+
 
 def test_a_row_group_that_cannot_be_decoded_is_named_or_its_file_left_out(tmp_path: Path, make_table, torchkeep) -> None:
     frame = make_table(900)

@@ -45,6 +45,8 @@ def dataset_at(config: RunConfig, data: Any) -> ParquetDataset | None:
     """The parquet dataset a table run's data names (opened: footers read and checked), or None for a
     single CSV / Parquet file, a frame or the built-in example (a single parquet file with `stream` too)."""
     path = data if isinstance(data, str) else config.data.path if data is None else None
+    if config.data.stream and (path is None or path.lower().endswith(".csv")):
+        raise ConfigError(f"--stream reads parquet files; {path or 'the data'} is not (convert it, or leave --stream out)")
     if path is None or not (is_parquet_dataset(path) or (config.data.stream and path.lower().endswith((".parquet", ".pq")))):
         return None
     if "://" not in path:
