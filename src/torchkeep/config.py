@@ -41,6 +41,15 @@ class DataConfig:
     # Categorical levels seen fewer times than this in training share index 0 with nulls and unseen levels.
     min_level_count: int = 1
     standardize_target: bool = True  # regression only
+    # Parquet datasets (`path` a folder, a glob or an s3:// prefix of parquet files): read whole while their
+    # size in memory (estimated from the footers) is at most `in_memory_bytes` (None: a quarter of this
+    # machine's memory), else, or with `stream`, streamed row group by row group (data/stream.py), with
+    # `shuffle_buffer_bytes` of decoded rows shuffled together. `skip_bad_files`: leave out (and count)
+    # files that cannot be read instead of stopping.
+    stream: bool = False
+    in_memory_bytes: int | None = None
+    shuffle_buffer_bytes: int = 256 << 20
+    skip_bad_files: bool = False
     # images (`path` a folder of class sub-folders, an idx folder, or a CSV of files and labels)
     image_dir: str | None = None  # where the CSV's file names point (default: the CSV's folder)
     file_column: str | None = None  # CSV column of file names (default: file/filename/path/image, else the first)
@@ -81,6 +90,9 @@ class DataConfig:
             raise ConfigError(f"data.valid_fraction must be in (0, 1) (got {self.valid_fraction})")
         if self.task not in (None, "binary", "multiclass", "regression"):
             raise ConfigError(f"data.task must be binary, multiclass or regression (got {self.task!r})")
+        if (self.in_memory_bytes is not None and self.in_memory_bytes < 1) or self.shuffle_buffer_bytes < 1:
+            raise ConfigError(f"data.in_memory_bytes and data.shuffle_buffer_bytes must be > 0 (got"
+                              f" {self.in_memory_bytes}, {self.shuffle_buffer_bytes})")
         if self.scaling not in ("robust", "standard"):
             raise ConfigError(f"data.scaling must be robust or standard (got {self.scaling!r})")
         if self.numeric_encoding not in ("ple", "none"):

@@ -8,6 +8,7 @@ from typing import Any
 EPILOG = """examples:
   torchkeep train                                    # the built-in flights example
   torchkeep train --data flights.csv --target late   # your own table
+  torchkeep train --data s3://bucket/flights/ --target late   # a prefix of parquet files; streamed when large
   torchkeep train config.toml --epochs 5             # a TOML config, a flag overriding it
   torchkeep train --resume runs/flights-20261125-1200 # continue exactly where a run stopped
   torchkeep train --track tensorboard,wandb          # also log to TensorBoard and W&B (metrics.jsonl always)
@@ -20,7 +21,8 @@ EPILOG = """examples:
   torchkeep train --data reviews.csv --target score --text-column review   # your own text column
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
-categorical, continuous, drop, scaling, numeric_encoding, numeric_bins, min_level_count; [model] hidden_sizes,
+categorical, continuous, drop, scaling, numeric_encoding, numeric_bins, min_level_count, stream, in_memory_bytes,
+shuffle_buffer_bytes, skip_bad_files; [model] hidden_sizes,
 ensemble_size, label_smoothing, dropout, batch_norm, embedding_dims;
 [train] epochs, batch_size, seed, deterministic, grad_accum_steps, clip_grad_norm, early_stopping_patience,
 monitor, valid_every_steps, valid_every_epoch, restore_best, anneal_on_stall, ema_decay, log_every_steps; [train.optim] optimizer, lr,
@@ -52,11 +54,14 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="settings file; flags override it")
     data = p.add_argument_group("data")
-    data.add_argument("--data", metavar="PATH", help="training table (.csv or .parquet); default: --example flights")
+    data.add_argument("--data", metavar="PATH", help="training table (.csv or .parquet), or a parquet dataset: a folder,"
+                      " a glob ('data/*.parquet') or an s3://bucket/prefix/ of parquet files, key=value folders read as"
+                      " columns (torchkeep[parquet]); default: --example flights")
     data.add_argument("--example", metavar="NAME", help="a built-in dataset (see `torchkeep datasets`)")
     data.add_argument("--target", metavar="COL", help="column to predict")
     data.add_argument("--task", choices=["binary", "multiclass", "regression"], help="default: inferred from the target")
-    data.add_argument("--valid", metavar="PATH", dest="valid_path", help="validation table (default: a random split)")
+    data.add_argument("--valid", metavar="PATH", dest="valid_path", help="validation table or parquet dataset (default: a"
+                      " random split; of whole row groups when streamed)")
     data.add_argument("--valid-fraction", type=float, metavar="F", help="share of rows held out for validation (default 0.1)")
     data.add_argument("--categorical", action="append", metavar="COLS", help="force columns categorical (comma list)")
     data.add_argument("--continuous", action="append", metavar="COLS", help="force columns continuous (comma list)")
@@ -75,6 +80,20 @@ def add_parser(commands: Any) -> None:
     data.add_argument("--min-level-count", type=int, metavar="N",
                       help="categorical levels seen fewer than N times in training share the index of null and"
                       " unseen values (default 1: every level its own)")
+    stream = p.add_argument_group(
+        "large tables (parquet datasets)", "A dataset that fits in --in-memory-gib is read whole, as one table. A larger"
+        " one (or any, with --stream) is streamed: its row groups are split into training and validation, the schema"
+        " is fitted in one pass (quantiles by a sketch, rank error < 0.05%), and training reads the row groups in a"
+        " seeded order per epoch, a few ahead in threads, shuffled within --shuffle-buffer-mib; --resume continues at"
+        " exactly the next batch.")
+    stream.add_argument("--stream", action="store_true", default=None, help="stream the parquet data whatever its size")
+    stream.add_argument("--in-memory-gib", type=float, metavar="G",
+                        help="read a dataset whole while it and its tensors fit in this much memory, estimated"
+                        " from the parquet footers (default: a quarter of this machine's memory)")
+    stream.add_argument("--shuffle-buffer-mib", type=float, metavar="M",
+                        help="decoded training rows shuffled together when streaming (default 256)")
+    stream.add_argument("--skip-bad-files", action="store_true", default=None,
+                        help="leave out (and count) parquet files that cannot be read (default: stop, naming the first)")
     images = p.add_argument_group("images (--data DIR of class folders, an idx folder, or a CSV + --image-dir)")
     images.add_argument("--image-dir", metavar="DIR", help="folder the CSV's file names are relative to, local or s3://"
                         " (default: the CSV's folder)")
@@ -213,7 +232,8 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "label_column", "channels", "skip_bad_images", "augment_pad", "augment_flip", "architecture", "max_tokens",
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
              "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay", "pool", "scaling",
-             "numeric_encoding", "numeric_bins", "ensemble_size", "label_smoothing", "min_level_count", "anneal_on_stall")
+             "numeric_encoding", "numeric_bins", "ensemble_size", "label_smoothing", "min_level_count", "anneal_on_stall",
+             "stream", "skip_bad_files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -244,6 +264,10 @@ def run(args: argparse.Namespace) -> int:
                                   f" (got {getattr(args, flag)!r})") from None
     if args.image_memory_gib is not None:
         overrides["image_memory_bytes"] = int(args.image_memory_gib * 2**30)
+    if args.in_memory_gib is not None:
+        overrides["in_memory_bytes"] = max(1, int(args.in_memory_gib * 2**30))
+    if args.shuffle_buffer_mib is not None:
+        overrides["shuffle_buffer_bytes"] = max(1, int(args.shuffle_buffer_mib * 2**20))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume:
         run_dir = args.resume if isinstance(args.resume, str) else overrides.pop("run_dir", None)

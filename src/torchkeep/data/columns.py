@@ -82,20 +82,32 @@ def encode_continuous(filled: np.ndarray, column: ContinuousColumn) -> list[np.n
     """The model inputs of one continuous column from its values (float64, nulls already filled with the
     median): the scaled value, then its piecewise-linear bins where the column has bin edges. The one
     definition, for frames of any size (TableSchema.transform) and for small frames."""
+    return list(encode_continuous_block(filled, column).T)
+
+
+def encode_continuous_block(filled: np.ndarray, column: ContinuousColumn) -> np.ndarray:
+    """encode_continuous's inputs as one float32 [N, 1 + bins] block (written into a frame's inputs whole)."""
     if column.scaling == "robust":  # median / IQR, then smoothly clipped to (-3, 3): outliers cannot dominate
         # |z| capped first (beyond 1e6 the clip gives 3.0 either way) so that z**2 cannot overflow
         z = np.clip((filled - column.center) / column.scale, -1e6, 1e6)
         z = z / np.sqrt(1.0 + (z / 3.0) ** 2)
     else:
         z = (filled - column.mean) / column.std
-    out = [z.astype(np.float32)]
-    if column.edges:
-        edges = np.asarray(column.edges, dtype=np.float64)
-        # Bin t holds (x - edge_t) / (edge_t+1 - edge_t) clipped to [0, 1]: 1 for every bin below x, the
-        # position within x's bin, 0 above (Gorishniy et al. 2022, piecewise-linear encoding).
-        with np.errstate(over="ignore", invalid="ignore"):  # a value near the float64 limit: inf, then clipped
-            bins = (filled[:, None] - edges[None, :-1]) / np.diff(edges)[None, :]
-        out.extend(np.clip(bins, 0.0, 1.0).astype(np.float32).T)
+    if not column.edges:
+        return z.astype(np.float32)[:, None]
+    edges = np.asarray(column.edges, dtype=np.float64)
+    bins = len(edges) - 1
+    out = np.empty((len(filled), 1 + bins), dtype=np.float32)
+    out[:, 0] = z
+    # Bin t holds (x - edge_t) / (edge_t+1 - edge_t) clipped to [0, 1]: 1 for every bin below x, the
+    # position within x's bin, 0 above (Gorishniy et al. 2022, piecewise-linear encoding). Only x's own bin
+    # is computed (rounding is monotonic, so the formula gives exactly 1 below it and 0 above it); the
+    # others are filled from the bin index, several times faster than the formula on every bin.
+    own = np.clip(np.searchsorted(edges, filled, side="right") - 1, 0, bins - 1)
+    np.less(np.arange(bins)[None, :], own[:, None], out=out[:, 1:], casting="unsafe")
+    with np.errstate(over="ignore", invalid="ignore"):  # a value near the float64 limit: inf, then clipped
+        position = (filled - edges[own]) / (edges[own + 1] - edges[own])
+    out[np.arange(len(filled)), 1 + own] = np.clip(position, 0.0, 1.0)
     return out
 
 

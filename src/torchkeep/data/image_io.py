@@ -143,7 +143,8 @@ def folder_files(root: str) -> tuple[list[str], list[str]]:
     keys = sorted(k for k in _storage(root).list() if k.lower().endswith(IMAGE_SUFFIXES) and "/" in k)
     files = [k for k in keys if k.count("/") == 1]
     if not files:
-        raise DataError(f"{root}: no images in class sub-folders (expected {root}/CLASS/IMAGE.png, ...)")
+        raise DataError(f"{root}: no images in class sub-folders (expected {root}/CLASS/IMAGE.png, ...)"
+                        " and no parquet files (*.parquet)")
     return files, [k.split("/", 1)[0] for k in files]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from torchkeep.data.parquet import is_parquet_dataset, open_dataset
 from torchkeep.errors import DataError, StorageError
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -29,8 +30,11 @@ def as_frame(data: Any, what: str = "data") -> pl.DataFrame:
     raise DataError(f"{what}: expected a path, a polars or pandas DataFrame (got {type(data).__name__})")
 
 
-def read_table(path: str) -> pl.DataFrame:
-    """Read a CSV or Parquet file; a missing, unreadable or empty file is a DataError naming it."""
+def read_table(path: str, *, skip_bad_files: bool = False) -> pl.DataFrame:
+    """Read a CSV or Parquet file, or a parquet dataset (a folder, glob or s3:// prefix of parquet files,
+    data/parquet.py) whole; a missing, unreadable or empty file is a DataError naming it."""
+    if is_parquet_dataset(path):
+        return open_dataset(path, skip_bad_files=skip_bad_files).read_all(skip_bad_files=skip_bad_files)
     suffix = Path(path).suffix.lower()
     kind = READERS.get(suffix)
     if kind is None:

@@ -23,12 +23,13 @@ import polars as pl
 import torch
 
 from torchkeep.data.columns import (
+    CASTS,
     cast_column,
     check_finite,
     check_frame,  # noqa: F401 (re-exported: TableSchema's callers check whole frames with it)
     needs_no_cast,
     sample,
-    encode_continuous,
+    encode_continuous_block,
     small_codes,
     small_continuous,
 )
@@ -65,12 +66,23 @@ class TableSchema:
         # What fitting did to columns beyond encoding them: {"column", "action", "reason"} each
         self.notes = notes or []
         self._level_codes: dict[str, dict[Any, int]] = {}  # per categorical column, built on first use
+        self._level_series: dict[str, tuple[pl.Series, pl.Series]] = {}
 
     def _codes(self, column: CategoricalColumn) -> dict[Any, int]:
         codes = self._level_codes.get(column.name)
         if codes is None:
             codes = self._level_codes[column.name] = {level: i + 1 for i, level in enumerate(column.levels)}
         return codes
+
+    def _lookup(self, column: CategoricalColumn) -> tuple[pl.Series, pl.Series]:
+        """(levels, their codes 1..n) as polars Series, built once per column (a large vocabulary built
+        from Python lists on every call cost more than the lookup itself on a streamed row group)."""
+        lookup = self._level_series.get(column.name)
+        if lookup is None:
+            lookup = self._level_series[column.name] = (
+                pl.Series(column.levels, dtype=CASTS[column.kind]),
+                pl.Series(range(1, column.cardinality), dtype=pl.Int64))
+        return lookup
 
     # -- fitting --------------------------------------------------------------------------------
 
@@ -123,27 +135,29 @@ class TableSchema:
                 codes.append(small_codes(series, self._codes(column)))
                 continue
             values = cast_column(frame, column.name, column.kind, source, f"{column.kind} levels")
-            lookup = values.replace_strict(
-                column.levels, list(range(1, column.cardinality)), default=0, return_dtype=pl.Int64
-            )
+            levels, codes_of_levels = self._lookup(column)
+            lookup = values.replace_strict(levels, codes_of_levels, default=0, return_dtype=pl.Int64)
             codes.append(lookup.fill_null(0).to_numpy())
         out["categorical"] = torch.from_numpy(
             np.ascontiguousarray(np.stack(codes, axis=1)) if codes else np.zeros((frame.height, 0), np.int64)
         )
-        inputs = []
+        inputs = np.empty((frame.height, self.n_continuous_inputs), dtype=np.float32)
+        position = 0
         for column in self.continuous:
             fast = small_continuous(frame.get_column(column.name), column) if small else None
             if fast is not None:
-                inputs.extend(fast)
+                inputs[:, position : position + len(fast)] = np.stack(fast, axis=1)
+                position += len(fast)
                 continue
             values = cast_column(frame, column.name, "float", source, "numbers")
             check_finite(values, column.name, source)
-            inputs.extend(encode_continuous(values.fill_null(column.median).to_numpy(), column))
+            block = encode_continuous_block(values.fill_null(column.median).to_numpy(), column)
+            inputs[:, position : position + block.shape[1]] = block  # whole rows of the block at once
+            position += block.shape[1]
             if column.missing_indicator:
-                inputs.append(values.is_null().cast(pl.Float32).to_numpy())
-        out["continuous"] = torch.from_numpy(
-            np.ascontiguousarray(np.stack(inputs, axis=1)) if inputs else np.zeros((frame.height, 0), np.float32)
-        )
+                inputs[:, position] = values.is_null().to_numpy()
+                position += 1
+        out["continuous"] = torch.from_numpy(inputs)
         if self.text and packed_text:
             out["text"] = PackedText(
                 [c.vocab.encode_packed(text_values(frame, c.name, source), c.max_tokens) for c in self.text])

@@ -4,6 +4,7 @@ numbers), vocabularies, fill and scaling statistics, and the target's task and l
 
 from __future__ import annotations
 
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -143,11 +144,17 @@ def fit_categorical(column: pl.Series, kind: str, min_count: int = 1) -> Categor
     if kind == "float":
         kind = "string"  # a float column named categorical: its exact values are the levels
     values = column.cast(CASTS[kind]).drop_nulls().alias("level")
-    counts = values.value_counts(sort=False, name="n").sort(["n", "level"], descending=[True, False])
+    counts = values.value_counts(sort=False, name="n")
+    return categorical_from_counts(column.name, kind, counts, column.null_count() > 0, min_count)
+
+
+def categorical_from_counts(name: str, kind: str, counts: pl.DataFrame, has_nulls: bool,
+                            min_count: int = 1) -> CategoricalColumn:
+    """The column's levels from its value counts (`level`, `n`): by count, then by level."""
+    counts = counts.sort(["n", "level"], descending=[True, False])
     kept = counts.filter(pl.col("n") >= min_count)
     levels = kept.get_column("level").to_list()
-    return CategoricalColumn(name=column.name, kind=kind, levels=levels,
-                             has_nulls=column.null_count() > 0 or kept.height < counts.height)
+    return CategoricalColumn(name=name, kind=kind, levels=levels, has_nulls=has_nulls or kept.height < counts.height)
 
 
 def fit_continuous(column: pl.Series, source: str, scaling: str = "standard", bins: int = 0) -> ContinuousColumn:
@@ -157,18 +164,26 @@ def fit_continuous(column: pl.Series, source: str, scaling: str = "standard", bi
     median = float(present.median())
     filled = values.fill_null(median)
     mean, std = float(filled.mean()), float(filled.std(ddof=0))
-    std = std if std > 0 else 1.0  # one value and some nulls: only the missing indicator informs
     iqr = float(present.quantile(0.75, "linear") - present.quantile(0.25, "linear"))
+    # Quantile edges of the distinct values' distribution; fewer bins where values repeat.
+    quantiles = np.quantile(present.to_numpy(), np.linspace(0.0, 1.0, bins + 1)) if bins > 1 else None
+    return continuous_from(column.name, median=median, mean=mean, std=std, iqr=iqr, quantiles=quantiles,
+                           has_nulls=column.null_count() > 0, scaling=scaling)
+
+
+def continuous_from(name: str, *, median: float, mean: float, std: float, iqr: float, quantiles: np.ndarray | None,
+                    has_nulls: bool, scaling: str) -> ContinuousColumn:
+    """A continuous column from its statistics (the median fills nulls; mean and std are of the filled values)."""
+    std = std if std > 0 else 1.0  # one value and some nulls: only the missing indicator informs
     scale = iqr / 1.349 if iqr > 0 else std
     edges = None
-    if bins > 1:
-        # Quantile edges of the distinct values' distribution; fewer bins where values repeat. A column
-        # of two values gains nothing from bins (its scaled value says it all).
-        quantiles = np.quantile(present.to_numpy(), np.linspace(0.0, 1.0, bins + 1))
+    if quantiles is not None:
         unique = np.unique(quantiles)
+        # A column of two values gains nothing from bins (its scaled value says it all).
         edges = [float(e) for e in unique] if len(unique) >= 3 else None
-    return ContinuousColumn(column.name, median, mean, std, missing_indicator=column.null_count() > 0,
+    return ContinuousColumn(name, median, mean, std, missing_indicator=has_nulls,
                             scaling=scaling, center=median, scale=scale, edges=edges)
+
 
 def fit_target(frame: pl.DataFrame, name: str, task: str | None, standardize: bool, source: str) -> TargetSpec:
     if name not in frame.columns:
@@ -187,6 +202,18 @@ def fit_target(frame: pl.DataFrame, name: str, task: str | None, standardize: bo
     if kind == "float":
         check_finite(column, name, source)
     levels = column.unique().sort().to_list()
+    mean, std = 0.0, 1.0
+    if kind in ("integer", "float") and standardize:
+        values = column.cast(pl.Float64)
+        mean, std = float(values.mean()), float(values.std(ddof=0))
+    return target_from(name, kind, column.dtype, levels, mean, std, task, source)
+
+
+def target_from(name: str, kind: str, dtype: pl.DataType, levels: list[Any], mean: float, std: float,
+                task: str | None, source: str) -> TargetSpec:
+    """The target's task (inferred when None) and encoding from its sorted distinct values (`levels`; for a
+    numeric target with too many of them to keep, any list longer than MAX_CLASS_LEVELS_INFERRED) and,
+    for regression, the mean and std it is standardized with (0 and 1: not standardized)."""
     if task is None:
         if len(levels) == 2:
             task = "binary"
@@ -209,9 +236,7 @@ def fit_target(frame: pl.DataFrame, name: str, task: str | None, standardize: bo
             levels = sorted({(int(v) if kind == "integer" else str(v)) for v in levels})
         return TargetSpec(name=name, task=task, kind=kind, labels=levels)
     if kind not in ("integer", "float"):
-        raise DataError(f"{source}: --task regression needs a numeric target; '{name}' has type {column.dtype}")
-    values = column.cast(pl.Float64)
-    mean, std = (float(values.mean()), float(values.std(ddof=0))) if standardize else (0.0, 1.0)
+        raise DataError(f"{source}: --task regression needs a numeric target; '{name}' has type {dtype}")
     if not std > 0:
         raise DataError(f"{source}: target column '{name}' is constant ({mean:g}); nothing to learn")
     return TargetSpec(name=name, task="regression", kind="float", mean=mean, std=std)

@@ -16,6 +16,8 @@ from torchkeep.data.loader import BatchLoader
 from torchkeep.errors import DataError
 from torchkeep.predict.load import load
 from torchkeep.predict.predictor import EVAL_BATCH_ROWS
+from torchkeep.run import tables_stream
+from torchkeep.run.rundir import RunDir
 from torchkeep.run.tables import load_data, split, table_fingerprint
 from torchkeep.storage import open_storage
 from torchkeep.training.loop import predict_outputs
@@ -44,19 +46,24 @@ def validation_outputs(run_dir: str, data: Any = None) -> ValidationOutputs:
     config = RunConfig.from_dict(saved, source=f"{run_dir}/config.json")
     if data is None and config.data.path is None and config.data.example is None:
         raise DataError("the run was trained on an in-memory frame; pass it to report(run_dir, data=frame)")
-    frame, _, config = load_data(config, data)
-    started_with = json.loads(storage.read("run.json")).get("data") or {}
-    if started_with and started_with.get("hash") != table_fingerprint(frame)["hash"]:
-        log.warning("%s changed since the run was trained: the validation split is not the one it saw",
-                    config.data.path or "the data")
-    _, valid_frame = split(frame, config)
     predictor = load(run_dir)
     schema = predictor.schema
     assert schema.target is not None
-    source = config.data.valid_path or f"{config.data.path or config.data.example} (validation split)"
-    tensors = schema.transform(valid_frame, source=source, packed_text=True)
-    outputs, targets = predict_outputs(predictor.model, BatchLoader(tensors, EVAL_BATCH_ROWS, shuffle=False),
-                                       torch.device("cpu"))
+    if config.data.stream:  # its validation row groups, streamed again (checked to be the same)
+        setup = tables_stream.reopen(RunDir.open(run_dir), data if isinstance(data, str) else None)
+        assert setup.stream_loaders is not None
+        loader: Any = setup.stream_loaders[1]
+    else:
+        frame, _, config = load_data(config, data)
+        started_with = json.loads(storage.read("run.json")).get("data") or {}
+        if started_with and started_with.get("hash") != table_fingerprint(frame)["hash"]:
+            log.warning("%s changed since the run was trained: the validation split is not the one it saw",
+                        config.data.path or "the data")
+        _, valid_frame = split(frame, config)
+        source = config.data.valid_path or f"{config.data.path or config.data.example} (validation split)"
+        loader = BatchLoader(schema.transform(valid_frame, source=source, packed_text=True), EVAL_BATCH_ROWS,
+                             shuffle=False)
+    outputs, targets = predict_outputs(predictor.model, loader, torch.device("cpu"))
     task = schema.target.task
     metrics = metrics_for_task(task, schema.target.std)(outputs, targets)
     scores, labels = outputs.double().numpy(), targets.double().numpy().reshape(-1)

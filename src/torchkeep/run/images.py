@@ -28,6 +28,7 @@ from torchkeep.data.image_io import (
     resize_arrays,
 )
 from torchkeep.data.images import ImageFileDataset, ImageSchema
+from torchkeep.data.parquet import is_parquet_dataset
 from torchkeep.errors import ConfigError, DataError
 from torchkeep.models.build import build_model
 from torchkeep.models.vision import vision_model_args
@@ -57,8 +58,8 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 
 def is_image_path(path: str) -> bool:
     if path.startswith("s3://"):
-        return not path.lower().endswith(TABLE_SUFFIXES)
-    return os.path.isdir(path)
+        return not path.lower().endswith(TABLE_SUFFIXES) and not is_parquet_dataset(path)
+    return os.path.isdir(path) and not is_parquet_dataset(path)
 
 
 def is_image_data(config: RunConfig, data: Any) -> bool:

@@ -39,11 +39,14 @@ class Setup:
     valid_tensors: dict[str, Any] | None
     streamed: tuple[ImageFileDataset, ImageFileDataset] | None = None
     pretrained: Pretrained | None = None  # init_from, read once while setting up (checked, then loaded)
+    stream_loaders: tuple[Any, Any] | None = None  # a table streamed from parquet files (run/tables_stream.py)
 
     def loaders(self) -> tuple[Any, Any]:
         """(training loader, validation loader): whole batches from memory, or DatasetLoader workers;
         training images augmented when configured."""
         data, train = self.config.data, self.config.train
+        if self.stream_loaders is not None:
+            return self.stream_loaders
         if self.streamed is None:
             assert self.train_tensors is not None and self.valid_tensors is not None
             loader: Any = BatchLoader(self.train_tensors, train.batch_size, shuffle=True, seed=train.seed)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -18,6 +17,7 @@ import polars as pl
 from torchkeep.config import RunConfig
 from torchkeep.data.builtin import get_example
 from torchkeep.data.io import as_frame, read_table
+from torchkeep.data.parquet import ParquetDataset, dataset_name
 from torchkeep.data.table import TableSchema, check_frame
 from torchkeep.errors import ConfigError, DataError
 from torchkeep.models.build import build_model, tabular_model_args
@@ -36,8 +36,9 @@ log = logging.getLogger("torchkeep")
 ARCHITECTURE = "entity_embedding_mlp"
 
 
-def load_data(config: RunConfig, data: Any) -> tuple[pl.DataFrame, str, RunConfig]:
-    """The whole table, a short name for the run directory, and the config with example defaults filled in."""
+def load_data(config: RunConfig, data: Any, dataset: ParquetDataset | None = None) -> tuple[pl.DataFrame, str, RunConfig]:
+    """The whole table, a short name for the run directory, and the config with example defaults filled in.
+    `dataset`: the parquet dataset at the config's path, already opened (read whole here)."""
     if data is not None and not isinstance(data, str):
         return as_frame(data), "frame", config
     path = data or config.data.path
@@ -49,7 +50,13 @@ def load_data(config: RunConfig, data: Any) -> tuple[pl.DataFrame, str, RunConfi
     if "://" not in path:
         path = os.path.abspath(path)  # a resumed run finds its data from any working directory
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=path))
-    return read_table(path), Path(path).stem, config
+    if dataset is not None:
+        frame = dataset.read_all(skip_bad_files=config.data.skip_bad_files)
+        if dataset.skipped:
+            log.warning("%s: left out %d file(s) that cannot be read: %s", path, len(dataset.skipped),
+                        ", ".join(dataset.skipped[:5]) + (", ..." if len(dataset.skipped) > 5 else ""))
+        return frame, dataset_name(path), config
+    return read_table(path, skip_bad_files=config.data.skip_bad_files), dataset_name(path), config
 
 
 def table_fingerprint(frame: pl.DataFrame) -> dict[str, Any]:
@@ -136,10 +143,11 @@ def reopen(run: RunDir, data: Any) -> Setup:
 
 
 def start(data: Any, config: RunConfig, overrides: dict[str, Any], progress: Progress,
-          steps: int | None = None) -> Setup:
-    """A new table run: read, split, fit, check, then write the run's files (run.json last)."""
+          steps: int | None = None, dataset: ParquetDataset | None = None) -> Setup:
+    """A new table run: read, split, fit, check, then write the run's files (run.json last). `dataset`: the
+    parquet dataset at the data path, already opened, to read whole."""
     config = override(config, overrides)
-    frame, name, config = load_data(config, data)
+    frame, name, config = load_data(config, data, dataset)
     if config.data.text_columns:
         config, changed = text.apply_text_defaults(config, set(overrides) | config.explicit, rows=frame.height)
         if changed:

@@ -21,7 +21,7 @@ from torchkeep.data.table import TableSchema
 from torchkeep.errors import ConfigError
 from torchkeep.models.build import build_model, loss_for_task
 from torchkeep.predict.own_model import is_own_run
-from torchkeep.run import images, tables, text
+from torchkeep.run import images, tables, tables_stream, text
 from torchkeep.run.images_transfer import transfer_adapter
 from torchkeep.run.rundir import RunDir
 from torchkeep.run.session import Setup, checkpointer_for, train_session
@@ -78,7 +78,10 @@ def train(
             config = RunConfig.from_dict(run.read("config.json"), source=f"{resume}/config.json")
             progress.message(f"{resume}: the run stopped before training began; starting it from its saved config")
             return train(data, config=dataclasses.replace(config, run_dir=resume), quiet=quiet, progress=progress)
-        setup = images.reopen(run, data, progress) if images.is_image_run(run) else tables.reopen(run, data)
+        if images.is_image_run(run):
+            setup = images.reopen(run, data, progress)
+        else:
+            setup = tables_stream.reopen(run, data) if tables_stream.is_stream_run(run) else tables.reopen(run, data)
     else:
         config = config or RunConfig()
         if target is not None:
@@ -90,8 +93,12 @@ def train(
             if steps is not None:
                 raise ConfigError("--steps sets a table run's budget; an image run takes --epochs")
             setup = images.start(data, image_config, image_overrides, vision, progress)
-        else:
-            setup = tables.start(data, config, overrides, progress, steps=steps)
+        else:  # a table: read whole, or streamed from a parquet dataset larger than memory
+            dataset = tables_stream.dataset_at(image_config, data)
+            if dataset is not None and tables_stream.streams(image_config, dataset):
+                setup = tables_stream.start(dataset, config, overrides, progress, steps=steps)
+            else:
+                setup = tables.start(data, config, overrides, progress, steps=steps, dataset=dataset)
     return _session(setup, resuming=resume is not None, extend_to=extend_to, progress=progress,
                     stop_at_step=stop_at_step, steps=steps)
 

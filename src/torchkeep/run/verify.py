@@ -48,8 +48,9 @@ def verify_resume(run_dir: str, from_step: int | None = None, scratch: str | Non
 
 
 def _replay_and_compare(storage: Any, run_dir: str, copy: Any, scratch: str, from_step: int, to_step: int) -> dict[str, Any]:
-    for key in ("config.json", "schema.json", "model.json", "run.json", "transfer.json"):
-        if key != "transfer.json" or storage.exists(key):  # transfer.json: only runs started from other weights
+    for key in ("config.json", "schema.json", "model.json", "run.json", "transfer.json", "stream.json"):
+        # transfer.json: only runs started from other weights; stream.json: only runs streamed from parquet files
+        if key not in ("transfer.json", "stream.json") or storage.exists(key):
             copy.write(key, storage.read(key))
     # The replay is a self-test, not a run: no TensorBoard run or W&B run for it (JSONL only).
     config = json.loads(storage.read("config.json"))

@@ -58,6 +58,25 @@ class LocalStorage:
         except OSError as error:
             raise StorageError(f"{path}: cannot read: {error.strerror or error}") from error
 
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise StorageError(f"{self._path(key)}: no such file") from None
+        except OSError as error:
+            raise StorageError(f"{self._path(key)}: cannot read: {error.strerror or error}") from error
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a file: what a columnar reader asks for (a footer, one column chunk)."""
+        try:
+            with open(self._path(key), "rb") as handle:
+                handle.seek(start)
+                return handle.read(end - start)
+        except FileNotFoundError:
+            raise StorageError(f"{self._path(key)}: no such file") from None
+        except OSError as error:
+            raise StorageError(f"{self._path(key)}: cannot read: {error.strerror or error}") from error
+
     def write(self, key: str, data: bytes | bytearray | memoryview | list[memoryview]) -> None:
         atomic_write(self._path(key), data)
 

@@ -10,6 +10,7 @@ AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_PROFILE, the credential 
   nothing here relies on rename (object stores have none).
 - read: one GET into a single buffer; when that connection delivers less than `single_stream_rate`
   (a per-connection cap), the rest of a large object comes in parallel ranged GETs instead.
+- read_range: one ranged GET (a parquet footer or column chunk of a streamed dataset).
 - retries: botocore's standard retry mode (throttling, 5xx, dropped connections) with backoff.
 """
 
@@ -238,6 +239,27 @@ class S3Storage:
             view[position : position + len(chunk)] = chunk
             position += len(chunk)
         return position
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except Exception as error:
+            raise self._error(error, key, "read") from error
+
+    def read_range(self, key: str, start: int, end: int) -> bytearray:
+        """Bytes [start, end) of an object in one ranged GET (botocore retries it): a parquet footer or
+        column chunk, never the whole object."""
+        if end <= start:
+            return bytearray()
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}")["Body"]
+            buffer = bytearray(end - start)
+            self._fill(body, memoryview(buffer), 0, end - start, key)
+            return buffer
+        except StorageError:
+            raise
+        except Exception as error:
+            raise self._error(error, key, "read") from error
 
     def write(self, key: str, data: bytes | bytearray | memoryview | Iterable[Any]) -> None:
         chunks = [memoryview(data).cast("B")] if isinstance(data, (bytes, bytearray, memoryview)) else [
