@@ -114,7 +114,7 @@ def test_rows_encode_like_the_frame_or_fail_alike(table, rows, packed):
     schema = fitted(table)
     event("fast road" if TableRows(schema).encode(rows) is not None else "frame road")
     fast = outcome(lambda: TableRows(schema).transform(rows, source="req", packed_text=packed))
-    reference = outcome(lambda: schema.transform(rows_frame(rows, schema.feature_names, "req"), with_target=False,
+    reference = outcome(lambda: schema.transform(rows_frame(rows, schema, "req"), with_target=False,
                                                  source="req", packed_text=packed))
     event(f"outcome: {reference[0]}")
     assert_same(fast, reference)
@@ -126,7 +126,7 @@ def test_plain_rows_take_the_fast_road_and_encode_like_the_frame(table, rows):
     schema = fitted(table)
     encoded = TableRows(schema).encode(rows, packed_text=True)
     assert encoded is not None
-    reference = schema.transform(rows_frame(rows, schema.feature_names), with_target=False, packed_text=True)
+    reference = schema.transform(rows_frame(rows, schema), with_target=False, packed_text=True)
     assert_same(("tensors", encoded), ("tensors", reference))
 
 

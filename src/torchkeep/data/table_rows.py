@@ -2,19 +2,23 @@
 outputs -> JSON records, without a polars frame for a few rows.
 
 `TableSchema.transform` stays the one definition. `rows_frame` is the one road from rows to a frame,
-so `TableSchema.transform(rows_frame(rows, ...))` is what rows mean; `TableRows.encode` computes the
+so `TableSchema.transform(rows_frame(rows, schema))` is what rows mean; `TableRows.encode` computes the
 same tensors straight from the rows for small batches (a served request, a predict call of a few rows):
 dict lookups for vocabularies, the fitted fill, scaling and bin edges as arrays, one preallocated array
-per input. It handles only the values whose meaning is plain (a string in a string column, an integer
-or an integral float in an integer column, a finite number in a continuous column, null anywhere) and
-answers None for anything else (a string in a numeric column, a boolean as a number, NaN, ...):
-`TableRows.transform` then takes the frame road, so both give identical tensors or identical errors
-by construction. tests/data/test_table_rows.py checks it on generated tables (hypothesis).
+per input. Values are "plain" when their meaning does not depend on the other rows: null, a string in
+a string or text column, a boolean in a boolean column, a 64-bit integer (or an integral float within
+2**53) in an integer column, a number within the float range in a continuous one. A column of plain
+values gets its kind's dtype in `rows_frame` (an integer column stays Int64 whatever the other rows
+hold); any other value (a string in a numeric column, a boolean as a number, NaN, ...) leaves its
+column to polars' type inference, and `encode` answers None: `TableRows.transform` then takes the
+frame road, so both give identical tensors or identical errors by construction.
+tests/data/test_table_rows.py checks it on generated tables (hypothesis).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,23 +34,52 @@ from torchkeep.errors import DataError
 # Batches of at most this many rows are encoded by TableRows.encode; larger ones through a frame
 # (polars' fixed ~0.1 ms per operation is paid back there, and the Python loop here is not).
 FAST_PATH_ROWS = 256
-# Integers beyond 2**53 are not all exact as floats; a column mixing them with floats is a frame's call.
-EXACT_INT = 2**53
+EXACT_INT = 2**53  # integral floats up to this are exact integers
+INT64 = 2**63
+FLOAT_MAX = sys.float_info.max
+DTYPES = {"string": pl.String, "integer": pl.Int64, "boolean": pl.Boolean, "float": pl.Float64, "text": pl.String}
 
 
-def rows_frame(rows: Sequence[dict[str, Any]], names: Sequence[str], source: str = "rows") -> pl.DataFrame:
-    """The frame of JSON-like rows: one column per name that some row holds (null where a row lacks it),
-    types inferred by polars from the values. A name no row holds is left out, for `transform` to name."""
+def plain_value(kind: str, value: Any) -> tuple[bool, Any]:
+    """(whether `value` is plain for a column of `kind`, the value its typed column holds)."""
+    kind_of_value = type(value)
+    if value is None:
+        return True, None
+    if kind in ("string", "text"):
+        return kind_of_value is str and _plain_string(value), value
+    if kind == "boolean":
+        return kind_of_value is bool, value
+    if kind == "integer":
+        if kind_of_value is float and value.is_integer() and -EXACT_INT <= value <= EXACT_INT:
+            return True, int(value)
+        return kind_of_value is int and -INT64 <= value < INT64, value
+    if kind_of_value is int and -FLOAT_MAX <= value <= FLOAT_MAX:
+        return True, float(value)
+    return kind_of_value is float and math.isfinite(value), value
+
+
+def column_kinds(schema: TableSchema) -> list[tuple[str, str]]:
+    return ([(c.name, c.kind) for c in schema.categorical] + [(c.name, "float") for c in schema.continuous]
+            + [(c.name, "text") for c in schema.text])
+
+
+def rows_frame(rows: Sequence[dict[str, Any]], schema: TableSchema, source: str = "rows") -> pl.DataFrame:
+    """The frame of JSON-like rows: one column per feature that some row holds (null where a row lacks
+    it), of its kind's dtype where every value is plain, else of the type polars infers from the values.
+    A feature no row holds is left out, for `transform` to name."""
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(f"{source}: row {index} is a {type(row).__name__}; expected an object of column values")
     columns = []
-    for name in names:
+    for name, kind in column_kinds(schema):
         if not any(name in row for row in rows):
             continue
-        values = [row.get(name) for row in rows]
+        checked = [plain_value(kind, row.get(name)) for row in rows]
         try:
-            columns.append(pl.Series(name, values, strict=False))
+            if all(plain for plain, _ in checked):
+                columns.append(pl.Series(name, [value for _, value in checked], dtype=DTYPES[kind]))
+            else:
+                columns.append(pl.Series(name, [row.get(name) for row in rows], strict=False))
         except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError) as error:
             message = str(error).splitlines()[0][:120]
             raise DataError(f"{source}: column '{name}' has values of types that do not fit one column ({message})") from None
@@ -111,7 +144,7 @@ class TableRows:
         encoded = self.encode(rows, packed_text=packed_text) if len(rows) <= FAST_PATH_ROWS else None
         if encoded is not None:
             return encoded
-        return self.schema.transform(rows_frame(rows, self.names, source), with_target=False, source=source,
+        return self.schema.transform(rows_frame(rows, self.schema, source), with_target=False, source=source,
                                      packed_text=packed_text)
 
     def encode(self, rows: Sequence[dict[str, Any]], *, packed_text: bool = False) -> dict[str, Any] | None:
@@ -132,7 +165,9 @@ class TableRows:
                     kind_of_value = type(value)
                     if kind == "string" and kind_of_value is str and _plain_string(value):
                         codes[r, c] = lookup.get(value, 0)
-                    elif kind == "integer" and (kind_of_value is int or (kind_of_value is float and value.is_integer())) \
+                    elif kind == "integer" and kind_of_value is int and -INT64 <= value < INT64:
+                        codes[r, c] = lookup.get(value, 0)
+                    elif kind == "integer" and kind_of_value is float and value.is_integer() \
                             and -EXACT_INT <= value <= EXACT_INT:
                         codes[r, c] = lookup.get(int(value), 0)
                     elif kind == "boolean" and kind_of_value is bool:
@@ -144,9 +179,10 @@ class TableRows:
                     kind_of_value = type(value)
                     if value is None:
                         values[r, c], missing[r, c] = median, True
-                    elif (kind_of_value is float and math.isfinite(value)) or \
-                            (kind_of_value is int and -EXACT_INT <= value <= EXACT_INT):
+                    elif kind_of_value is float and math.isfinite(value):
                         values[r, c] = value
+                    elif kind_of_value is int and -FLOAT_MAX <= value <= FLOAT_MAX:
+                        values[r, c] = float(value)
                     else:
                         return None
                 for t, (name, _, _) in enumerate(self.text):

@@ -92,7 +92,7 @@ class Predictor:
         if len(rows) <= FAST_PATH_ROWS and not (text and text_problem(rows, text)):
             tensors = self.rows.encode(rows, packed_text=True)
         if tensors is None:
-            frame = rows_frame(rows, self.schema.feature_names, source)
+            frame = rows_frame(rows, self.schema, source)
             if text:
                 check_texts(frame, text, source)
             tensors = self.schema.transform(frame, with_target=False, source=source, packed_text=True)
