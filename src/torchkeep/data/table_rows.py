@@ -31,9 +31,10 @@ from torchkeep.data.table_spec import TargetSpec
 from torchkeep.data.text import MAX_TEXT_CHARS, PackedText
 from torchkeep.errors import DataError
 
-# Batches of at most this many rows are encoded by TableRows.encode; larger ones through a frame
-# (polars' fixed ~0.1 ms per operation is paid back there, and the Python loop here is not).
-FAST_PATH_ROWS = 256
+# Batches of at most this many rows are encoded by TableRows.encode, larger ones through a frame, whose
+# polars operations cost ~0.1 ms each whatever the size, while this loop costs a few µs a row. Measured on
+# the flights example (2 busy cores): 1 row 46 µs vs 506, 64 rows 0.24 vs 0.65 ms, 1,000 rows 7.4 vs 19 ms.
+FAST_PATH_ROWS = 1024
 EXACT_INT = 2**53  # integral floats up to this are exact integers
 INT64 = 2**63
 FLOAT_MAX = sys.float_info.max
