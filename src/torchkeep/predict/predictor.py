@@ -21,6 +21,7 @@ from torchkeep.data.table_rows import FAST_PATH_ROWS, TableRows, output_records,
 from torchkeep.data.text import check_texts
 from torchkeep.models.build import loss_for_task
 from torchkeep.predict.images import read_for_predict
+from torchkeep.predict.scripted import SmallBatchModel
 from torchkeep.training.loop import predict_outputs
 from torchkeep.training.metrics import metrics_for_task
 
@@ -49,6 +50,7 @@ class Predictor:
         self.model, self.schema, self.meta, self.source = model.eval(), schema, meta, source
         self.device = next(model.parameters()).device  # inputs go there; outputs come back to the CPU
         self.rows = TableRows(schema) if self.kind == "table" else None  # rows (dicts) -> tensors, no frame
+        self.small_batch_model: SmallBatchModel | None = None  # TorchScript where it is the same (predict_records)
 
     @property
     def task(self) -> str:
@@ -83,10 +85,13 @@ class Predictor:
         for classification, `probabilities` per label; None where the output is not finite. For a table
         model, up to FAST_PATH_ROWS rows go straight to tensors (TableRows, no frame), more through a
         frame: the same tensors either way. For an image model each row is {"image": uint8 [C, H, W]}."""
+        if self.small_batch_model is None:
+            self.small_batch_model = SmallBatchModel(self.model, self.device)
+        model = self.small_batch_model
         if self.rows is None:
-            pixels = torch.from_numpy(np.stack([row["image"] for row in rows]))
-            raw = RawImages(images=pixels.numpy(), labels=None, files=[], skipped=[])
-            return output_records(self.schema.target, self._outputs(self.schema.transform(raw, with_target=False, source=source)))
+            raw = RawImages(images=np.stack([row["image"] for row in rows]), labels=None, files=[], skipped=[])
+            tensors = self.schema.transform(raw, with_target=False, source=source)
+            return output_records(self.schema.target, self._outputs(tensors, model))
         text = [c.name for c in self.schema.text]
         tensors = None
         if len(rows) <= FAST_PATH_ROWS and not (text and text_problem(rows, text)):
@@ -96,15 +101,16 @@ class Predictor:
             if text:
                 check_texts(frame, text, source)
             tensors = self.schema.transform(frame, with_target=False, source=source, packed_text=True)
-        return output_records(self.schema.target, self._outputs(tensors))
+        return output_records(self.schema.target, self._outputs(tensors, model))
 
-    def _outputs(self, tensors: dict[str, Any]) -> torch.Tensor:
+    def _outputs(self, tensors: dict[str, Any], model: Any = None) -> torch.Tensor:
+        model = model if model is not None else self.model
         rows, batch_rows = len(next(iter(tensors.values()))), eval_batch_rows(tensors)
         outputs = []
         with torch.inference_mode():  # cheaper per operation than no_grad; nothing here needs autograd
             for start in range(0, rows, batch_rows):
                 batch = {k: v[start : start + batch_rows].to(self.device) for k, v in tensors.items()}
-                outputs.append(self.model(**batch).cpu())
+                outputs.append(model(**batch).cpu())
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _predict(self, tensors: dict[str, Any]) -> pl.DataFrame:
