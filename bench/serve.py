@@ -226,7 +226,9 @@ def main() -> None:
     example = get_example("flights")
     rows = pl.read_parquet(example.path).drop(example.target).head(N_BODIES).to_dicts()
     script = lua_script(rows, workdir / "post.lua")
-    env = {**os.environ, "BENCH_SERVE_SOURCE": source, "PYTHONPATH": str(HERE)}
+    # the bench folder for the baselines, and whatever torchkeep this process imports (a checkout on PYTHONPATH)
+    env = {**os.environ, "BENCH_SERVE_SOURCE": source,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
     all_servers = servers(source)
     if args.only:
         all_servers = [s for s in all_servers if any(k.strip().lower() in s.name.lower() for k in args.only.split(","))]
