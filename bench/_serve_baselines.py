@@ -6,6 +6,8 @@
   (`gunicorn --chdir bench '_serve_baselines:flask_app()'`).
 - `fastapi_app()`: the same endpoint on FastAPI + uvicorn (uvloop, httptools), no batching: the model is
   called inline in the request's coroutine (no thread hop, the lowest latency a plain endpoint gets).
+- `echo_app()`: a FastAPI endpoint that reads the body and answers a constant, no model: the HTTP floor
+  of the machine (uvicorn, uvloop, httptools, FastAPI routing, wrk).
 
 The bundle comes from env BENCH_SERVE_SOURCE. Every server runs torch with 1 thread, as torchkeep serve does
 (on 2 shared cores more intra-op threads only add contention for one-row requests).
@@ -61,6 +63,24 @@ def fastapi_app() -> Any:
         data = await request.json()
         out = predictor.predict_frame(pl.DataFrame(_rows(data)))
         return {"predictions": out.to_dicts()}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def echo_app() -> Any:
+    from fastapi import FastAPI, Request, Response
+
+    app = FastAPI()
+    answer = b'{"predictions":[{"prediction":false,"probabilities":{"False":0.9,"True":0.1}}]}'
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        await request.body()
+        return Response(answer, media_type="application/json")
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -7,7 +7,7 @@ import math
 
 import polars as pl
 
-from torchkeep.serve.app import records
+from torchkeep.data.table_rows import frame_records as records
 
 
 def test_regression_records_are_numbers_and_non_finite_rows_are_none():

@@ -151,7 +151,9 @@ class EnsembleMLP(nn.Module):
         for layer, norm in zip(self.layers, self.norms):
             x = torch.relu(layer(x))
             x = norm(x.flatten(0, 1)).view_as(x)
-            x = self.dropout(x)
+            if self.training:  # dropout is the identity in evaluation, and a one-row prediction (serving) is
+                # mostly per-operation overhead: not called
+                x = self.dropout(x)
         return x
 
 
@@ -191,7 +193,9 @@ class EntityEmbeddingMLP(nn.Module):
         parts = [embedding(categorical[:, i]) for i, embedding in enumerate(self.embeddings)]
         # With no categorical columns, [N, 0] is sliced from the input (not new_zeros(len(...))), so
         # that N stays symbolic when torch.export / ONNX trace a dynamic batch.
-        x = self.embedding_dropout(torch.cat(parts, dim=1)) if parts else continuous[:, :0]
+        x = torch.cat(parts, dim=1) if parts else continuous[:, :0]
+        if self.training and parts:  # dropout is the identity in evaluation: not called
+            x = self.embedding_dropout(x)
         if continuous.shape[1]:
             x = torch.cat([x, self.continuous_norm(continuous)], dim=1)
         if self.ensemble_size > 1:

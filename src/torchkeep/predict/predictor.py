@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 
 from torchkeep.data.image_io import RawImages
 from torchkeep.data.io import as_frame, read_table
 from torchkeep.data.loader import BatchLoader
+from torchkeep.data.table_rows import FAST_PATH_ROWS, TableRows, output_records, rows_frame, text_problem
 from torchkeep.data.text import check_texts
 from torchkeep.models.build import loss_for_task
 from torchkeep.predict.images import read_for_predict
+from torchkeep.predict.scripted import SmallBatchModel
 from torchkeep.training.loop import predict_outputs
 from torchkeep.training.metrics import metrics_for_task
 
@@ -46,6 +49,8 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, schema: Any, meta: dict[str, Any], source: str) -> None:
         self.model, self.schema, self.meta, self.source = model.eval(), schema, meta, source
         self.device = next(model.parameters()).device  # inputs go there; outputs come back to the CPU
+        self.rows = TableRows(schema) if self.kind == "table" else None  # rows (dicts) -> tensors, no frame
+        self.small_batch_model: SmallBatchModel | None = None  # TorchScript where it is the same (predict_records)
 
     @property
     def task(self) -> str:
@@ -75,14 +80,41 @@ class Predictor:
             check_texts(frame, [c.name for c in self.schema.text], source)
         return self._predict(self.schema.transform(frame, with_target=False, source=source, packed_text=True))
 
-    def _predict(self, tensors: dict[str, Any]) -> pl.DataFrame:
+    def predict_records(self, rows: list[dict[str, Any]], *, source: str = "rows") -> list[dict[str, Any] | None]:
+        """Rows as JSON gives them -> one JSON object per row: `prediction` (label or original units) and,
+        for classification, `probabilities` per label; None where the output is not finite. For a table
+        model, up to FAST_PATH_ROWS rows go straight to tensors (TableRows, no frame), more through a
+        frame: the same tensors either way. For an image model each row is {"image": uint8 [C, H, W]}."""
+        if self.small_batch_model is None:
+            self.small_batch_model = SmallBatchModel(self.model, self.device)
+        model = self.small_batch_model
+        if self.rows is None:
+            raw = RawImages(images=np.stack([row["image"] for row in rows]), labels=None, files=[], skipped=[])
+            tensors = self.schema.transform(raw, with_target=False, source=source)
+            return output_records(self.schema.target, self._outputs(tensors, model))
+        text = [c.name for c in self.schema.text]
+        tensors = None
+        if len(rows) <= FAST_PATH_ROWS and not (text and text_problem(rows, text)):
+            tensors = self.rows.encode(rows, packed_text=True)
+        if tensors is None:
+            frame = rows_frame(rows, self.schema, source)
+            if text:
+                check_texts(frame, text, source)
+            tensors = self.schema.transform(frame, with_target=False, source=source, packed_text=True)
+        return output_records(self.schema.target, self._outputs(tensors, model))
+
+    def _outputs(self, tensors: dict[str, Any], model: Any = None) -> torch.Tensor:
+        model = model if model is not None else self.model
         rows, batch_rows = len(next(iter(tensors.values()))), eval_batch_rows(tensors)
         outputs = []
-        with torch.no_grad():
+        with torch.inference_mode():  # cheaper per operation than no_grad; nothing here needs autograd
             for start in range(0, rows, batch_rows):
                 batch = {k: v[start : start + batch_rows].to(self.device) for k, v in tensors.items()}
-                outputs.append(self.model(**batch).cpu())
-        return self.schema.decode(torch.cat(outputs))
+                outputs.append(model(**batch).cpu())
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _predict(self, tensors: dict[str, Any]) -> pl.DataFrame:
+        return self.schema.decode(self._outputs(tensors))
 
     def evaluate(self, data: Any, *, source: str = "data", image_dir: str | None = None) -> dict[str, float]:
         if self.kind == "image":

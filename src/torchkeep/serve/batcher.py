@@ -10,6 +10,10 @@ The one exception to the worker thread: a lone small request while `idle()` says
 request is in the server runs on the event loop itself. Handing it to the thread and back costs two
 thread wake-ups (0.1-0.2 ms of a 4 ms answer, measured), and with nothing else in flight the event
 loop has nothing to do meanwhile; requests that arrive during it wait in the socket, then batch.
+
+Each request may name its own predict function (the model that validated it): a batch holds requests of
+one model only, so a model swapped in while requests wait (serve/models.py) never sees rows checked
+against another model's schema.
 """
 
 from __future__ import annotations
@@ -25,18 +29,22 @@ from typing import Any
 log = logging.getLogger("torchkeep")
 
 
+Predict = Callable[[list[Any]], list[Any]]
+
+
 @dataclass
 class _Job:
-    rows: list[dict[str, Any]]
-    future: asyncio.Future[list[dict[str, Any]]]
+    rows: list[Any]
+    future: asyncio.Future[list[Any]]
+    predict: Predict
     queued_at: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
-    def __init__(self, predict: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], *,
-                 max_batch_rows: int = 512, max_wait_ms: float = 0.0,
-                 idle: Callable[[], bool] = lambda: False, inline_max_rows: int = 16) -> None:
-        self.predict = predict
+    def __init__(self, predict: Predict, *, max_batch_rows: int = 512, max_wait_ms: float = 0.0,
+                 idle: Callable[[], bool] = lambda: False, inline_max_rows: int = 16,
+                 on_batch: Callable[[int], None] = lambda rows: None) -> None:
+        self.predict, self.on_batch = predict, on_batch
         self.max_batch_rows = max_batch_rows
         self.max_wait_s = max_wait_ms / 1000
         self.idle, self.inline_max_rows = idle, inline_max_rows
@@ -52,17 +60,23 @@ class Batcher:
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     @property
+    def depth(self) -> int:
+        """Requests waiting for the model (not counting the batch it is computing)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    @property
     def alive(self) -> bool:
         return self._worker is not None and not self._worker.done() and self.failure is None
 
-    async def submit(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return await self.enqueue(rows)
+    async def submit(self, rows: list[Any], predict: Predict | None = None) -> list[Any]:
+        return await self.enqueue(rows, predict)
 
-    def enqueue(self, rows: list[dict[str, Any]]) -> asyncio.Future[list[dict[str, Any]]]:
-        """The future of these rows' results; cancelling it before its batch runs skips them."""
+    def enqueue(self, rows: list[Any], predict: Predict | None = None) -> asyncio.Future[list[Any]]:
+        """The future of these rows' results (by `predict`, else the batcher's own); cancelling it
+        before its batch runs skips them."""
         assert self._queue is not None, "Batcher.start() was not called"
-        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(rows, future))
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(rows, future, predict or self.predict))
         return future
 
     async def _run(self) -> None:
@@ -72,8 +86,9 @@ class Batcher:
             jobs = [await self._queue.get()]
             if self.max_wait_s and not self._queue.empty():
                 await asyncio.sleep(self.max_wait_s)
-            size = len(jobs[0].rows)
-            while not self._queue.empty() and size + len(self._queue._queue[0].rows) <= self.max_batch_rows:  # type: ignore[attr-defined]
+            size, predict = len(jobs[0].rows), jobs[0].predict
+            waiting = self._queue._queue  # type: ignore[attr-defined]  (a deque: peek at the next job)
+            while waiting and size + len(waiting[0].rows) <= self.max_batch_rows and waiting[0].predict == predict:
                 job = self._queue.get_nowait()
                 jobs.append(job)
                 size += len(job.rows)
@@ -82,10 +97,11 @@ class Batcher:
                 continue
             rows = [row for job in jobs for row in job.rows]
             try:
+                self.on_batch(len(rows))
                 if len(jobs) == 1 and len(rows) <= self.inline_max_rows and self._queue.empty() and self.idle():
-                    results = self.predict(rows)
+                    results = predict(rows)
                 else:
-                    results = await loop.run_in_executor(self._executor, self.predict, rows)
+                    results = await loop.run_in_executor(self._executor, predict, rows)
             except Exception as error:  # rows were validated, so this should not happen; if it does,
                 if len(jobs) > 1:       # one request must not fail the others: run each on its own
                     log.warning("a batch of %d requests failed (%s); running them one by one", len(jobs), error)
@@ -100,7 +116,7 @@ class Batcher:
         if job.future.done():
             return
         try:
-            results = await loop.run_in_executor(self._executor, self.predict, job.rows)
+            results = await loop.run_in_executor(self._executor, job.predict, job.rows)
         except Exception as error:
             self._fail(job, error)
             return
@@ -112,7 +128,7 @@ class Batcher:
         if not job.future.done():
             job.future.set_exception(error)
 
-    def _succeed(self, jobs: list[_Job], results: list[dict[str, Any]]) -> None:
+    def _succeed(self, jobs: list[_Job], results: list[Any]) -> None:
         self.failure = None
         self.batches += 1
         self.rows += len(results)

@@ -17,7 +17,6 @@ import email.policy
 from typing import Any
 
 import numpy as np
-import torch
 
 from torchkeep.data.images import ImageSchema
 from torchkeep.errors import DataError
@@ -83,13 +82,8 @@ class ImageRowValidator:
         return rows
 
     def warmup_row(self) -> dict[str, Any]:
-        """The row the model must answer at start: no image (a black one)."""
-        return {"image": None}
-
-    def frame(self, rows: list[dict[str, Any]]) -> torch.Tensor:
-        """Rows as one uint8 [N, C, H, W] batch (a row without an image, as in the warm-up, is black)."""
-        blank = np.zeros((self.schema.channels, self.schema.height, self.schema.width), dtype=np.uint8)
-        return torch.from_numpy(np.stack([row["image"] if row["image"] is not None else blank for row in rows]))
+        """The row the model must answer at start: a black image."""
+        return {"image": np.zeros((self.schema.channels, self.schema.height, self.schema.width), dtype=np.uint8)}
 
     def json_schema(self) -> dict[str, Any]:
         row = {"type": "object", "properties": {"image": {"type": "string", "contentEncoding": "base64",

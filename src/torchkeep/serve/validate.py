@@ -1,7 +1,8 @@
 """Validation of raw JSON rows against a TableSchema, one request at a time.
 
 Every problem is a RequestError naming the field (`rows[3].dep_delay`) and what was expected, so
-that one bad request gets its own 422 and never enters a batch with good ones.
+that one bad request gets its own 422 and never enters a batch with good ones. Valid rows go to the
+model as they are (Predictor.predict_records: data/table_rows.py, no frame for small batches).
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import math
 import sys
 from typing import Any
 
-import polars as pl
-
 from torchkeep.data.table import TableSchema
+from torchkeep.data.table_rows import plain_value
 from torchkeep.data.text import MAX_TEXT_CHARS
 
 
@@ -52,9 +52,11 @@ def _check(kind: str, value: Any) -> str | None:
         return None if isinstance(value, bool) else "expected true, false or null"
     if isinstance(value, bool):
         return "expected a number or null, got a boolean"
-    if kind == "integer":
-        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+    if kind == "integer":  # what an integer column holds as it is, whatever the other rows (data/table_rows.py)
+        if plain_value(kind, value)[0]:
             return None
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return "expected a 64-bit integer (within 2**53 when written as a float) or null"
         return "expected an integer or null"
     if isinstance(value, int):  # JSON integers are unbounded: 10**400 has no float (OverflowError)
         return None if -_FLOAT_MAX <= value <= _FLOAT_MAX else "expected a number within the float range"
@@ -72,9 +74,6 @@ class RowValidator:
         if schema.target is not None:
             self.known.add(schema.target.name)  # a labelled row may carry its label: ignored
         self.max_rows, self.strict = max_rows, strict
-        self.dtypes = {name: {"string": pl.String, "integer": pl.Int64, "boolean": pl.Boolean, "float": pl.Float64,
-                                "text": pl.String}[kind]
-                       for name, kind in self.columns}
 
     def rows(self, body: Any) -> list[dict[str, Any]]:
         """The rows of a request body: {"rows": [...]} or one row object."""
@@ -106,11 +105,6 @@ class RowValidator:
     def warmup_row(self) -> dict[str, Any]:
         """A row the model must answer at start: null everywhere, a word in each text column."""
         return {name: "warmup" if kind == "text" else None for name, kind in self.columns}
-
-    def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
-        """Validated rows as a frame with the dtypes the schema expects."""
-        return pl.DataFrame([pl.Series(name, [row[name] for row in rows], dtype=dtype, strict=False)
-                             for name, dtype in self.dtypes.items()])
 
     def json_schema(self) -> dict[str, Any]:
         """The request body's JSON schema, for /openapi.json and clients."""
