@@ -22,7 +22,7 @@ EPILOG = """examples:
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
 categorical, continuous, drop, scaling, numeric_encoding, numeric_bins, min_level_count, stream, in_memory_bytes,
-shuffle_buffer_bytes, skip_bad_files; [model] hidden_sizes,
+shuffle_buffer_bytes, stream_cache_bytes, skip_bad_files; [model] hidden_sizes,
 ensemble_size, label_smoothing, dropout, batch_norm, embedding_dims;
 [train] epochs, batch_size, seed, deterministic, grad_accum_steps, clip_grad_norm, early_stopping_patience,
 monitor, valid_every_steps, valid_every_epoch, restore_best, anneal_on_stall, ema_decay, log_every_steps; [train.optim] optimizer, lr,

@@ -3,7 +3,7 @@
 The first epoch decodes every fragment (row group) from parquet; the StreamLoader hands each fragment's
 tensors (after the null-target filter and `TableSchema.transform`) to `put`, which writes them as one raw
 file: the tensors' bytes one after the other, each section padded to 64 bytes. Later epochs `get` them
-back (one read of the file, then views: no parse, no copy beyond the read).
+back by memory map (views of the mapped file, copy-on-write: no parse, no copy before the window's).
 
 A file's name is a hash of everything that decides its bytes: the schema (its JSON), the columns read,
 the fragment's file, row group and rows, its row group's footer (column chunk offsets, sizes and
@@ -88,10 +88,10 @@ class FragmentCache:
         """The fragment's tensors from its file, or None (not cached yet, or a file of the wrong size)."""
         path = self.path(index)
         try:
-            raw = np.fromfile(path, dtype=np.uint8)
-        except OSError:
-            return None
-        if raw.nbytes != self._size(rows):
+            if path.stat().st_size != self._size(rows):
+                return None
+            raw = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: writable, never written back
+        except (OSError, ValueError):
             return None
         buffer = torch.from_numpy(raw)
         out, start = {}, 0
