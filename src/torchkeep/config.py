@@ -44,11 +44,13 @@ class DataConfig:
     # Parquet datasets (`path` a folder, a glob or an s3:// prefix of parquet files): read whole while their
     # size in memory (estimated from the footers) is at most `in_memory_bytes` (None: a quarter of this
     # machine's memory), else, or with `stream`, streamed row group by row group (data/stream.py), with
-    # `shuffle_buffer_bytes` of decoded rows shuffled together. `skip_bad_files`: leave out (and count)
+    # `shuffle_buffer_bytes` of decoded rows shuffled together; up to `stream_cache_bytes` of decoded row groups
+    # kept on local disk (RUN_DIR/stream-cache/) for later epochs, 0: none. `skip_bad_files`: leave out (and count)
     # files that cannot be read instead of stopping.
     stream: bool = False
     in_memory_bytes: int | None = None
     shuffle_buffer_bytes: int = 256 << 20
+    stream_cache_bytes: int = 16 << 30
     skip_bad_files: bool = False
     # images (`path` a folder of class sub-folders, an idx folder, or a CSV of files and labels)
     image_dir: str | None = None  # where the CSV's file names point (default: the CSV's folder)
@@ -93,6 +95,8 @@ class DataConfig:
         if (self.in_memory_bytes is not None and self.in_memory_bytes < 1) or self.shuffle_buffer_bytes < 1:
             raise ConfigError(f"data.in_memory_bytes and data.shuffle_buffer_bytes must be > 0 (got"
                               f" {self.in_memory_bytes}, {self.shuffle_buffer_bytes})")
+        if self.stream_cache_bytes < 0:
+            raise ConfigError(f"data.stream_cache_bytes must be >= 0 (got {self.stream_cache_bytes})")
         if self.scaling not in ("robust", "standard"):
             raise ConfigError(f"data.scaling must be robust or standard (got {self.scaling!r})")
         if self.numeric_encoding not in ("ple", "none"):

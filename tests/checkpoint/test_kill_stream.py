@@ -1,6 +1,8 @@
 """A streamed run (parquet files, `--stream`) killed with SIGKILL and resumed ends with the weights of an
 uninterrupted streamed run, bit for bit: the loader's state (epoch and batches handed out) finds the
-window of row groups and the offset in it where the next batch starts."""
+window of row groups and the offset in it where the next batch starts. The killed run caches decoded row
+groups on disk (RUN_DIR/stream-cache/, left partly written by the first kill, in the first epoch) and the
+reference run has no cache: the cache changes no weight."""
 
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ def write_dataset(root: Path, rows: int = 6_000) -> None:
 def test_a_streamed_run_killed_and_resumed_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
     write_dataset(tmp_path / "flights")
     flags = [*TRAIN_FLAGS, *STREAM_FLAGS]
-    reference = torchkeep_train("--data", "flights", "--run-dir", "reference", *flags, cwd=tmp_path)
+    reference = torchkeep_train("--data", "flights", "--run-dir", "reference", *flags, "--stream-cache-gib", 0,
+                                cwd=tmp_path)
     run_dir = tmp_path / "run"
     process = torchkeep_train("--data", "flights", "--run-dir", "run", *flags, cwd=tmp_path)
     rng = random.Random(5)
@@ -62,3 +65,5 @@ def test_a_streamed_run_killed_and_resumed_gives_the_uninterrupted_weights(tmp_p
     different = [name for name in expected if not torch.equal(expected[name], got[name])]
     assert different == [], f"killed-and-resumed weights differ: {different} (resumed from {starts})"
     assert latest_step(run_dir) == EPOCHS * STEPS_PER_EPOCH
+    assert len(list((run_dir / "stream-cache" / "train").iterdir())) == 22  # every training row group, whole files
+    assert not (tmp_path / "reference" / "stream-cache").exists()

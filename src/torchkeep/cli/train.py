@@ -22,7 +22,7 @@ EPILOG = """examples:
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
 categorical, continuous, drop, scaling, numeric_encoding, numeric_bins, min_level_count, stream, in_memory_bytes,
-shuffle_buffer_bytes, skip_bad_files; [model] hidden_sizes,
+shuffle_buffer_bytes, stream_cache_bytes, skip_bad_files; [model] hidden_sizes,
 ensemble_size, label_smoothing, dropout, batch_norm, embedding_dims;
 [train] epochs, batch_size, seed, deterministic, grad_accum_steps, clip_grad_norm, early_stopping_patience,
 monitor, valid_every_steps, valid_every_epoch, restore_best, anneal_on_stall, ema_decay, log_every_steps; [train.optim] optimizer, lr,
@@ -92,6 +92,10 @@ def add_parser(commands: Any) -> None:
                         " from the parquet footers (default: a quarter of this machine's memory)")
     stream.add_argument("--shuffle-buffer-mib", type=float, metavar="M",
                         help="decoded training rows shuffled together when streaming (default 256)")
+    stream.add_argument("--stream-cache-gib", type=float, metavar="G",
+                        help="decoded row groups kept on local disk (RUN_DIR/stream-cache/) so that epochs after the"
+                        " first skip parquet decoding; past G, or when the disk is full, the rest are decoded every"
+                        " epoch (default 16; 0: no cache)")
     stream.add_argument("--skip-bad-files", action="store_true", default=None,
                         help="leave out (and count) parquet files that cannot be read (default: stop, naming the first)")
     images = p.add_argument_group("images (--data DIR of class folders, an idx folder, or a CSV + --image-dir)")
@@ -268,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["in_memory_bytes"] = max(1, int(args.in_memory_gib * 2**30))
     if args.shuffle_buffer_mib is not None:
         overrides["shuffle_buffer_bytes"] = max(1, int(args.shuffle_buffer_mib * 2**20))
+    if args.stream_cache_gib is not None:
+        overrides["stream_cache_bytes"] = max(0, int(args.stream_cache_gib * 2**30))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume:
         run_dir = args.resume if isinstance(args.resume, str) else overrides.pop("run_dir", None)

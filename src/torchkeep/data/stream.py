@@ -17,6 +17,7 @@ read-ahead, one gathered chunk, and the decode in flight (bench/README.md measur
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,8 +29,11 @@ import torch
 
 from torchkeep.data.loader import CHUNK_BYTES, epoch_seed
 from torchkeep.data.parquet import Fragment, ParquetDataset
+from torchkeep.data.stream_cache import FragmentCache, fragment_identity
 from torchkeep.data.table import TableSchema
 from torchkeep.errors import ConfigError, DataError
+
+log = logging.getLogger("torchkeep")
 
 BUFFER_BYTES = 256 << 20  # decoded rows shuffled together
 # Small row groups of a window are decoded together, up to this many rows: each polars operation of
@@ -38,6 +42,7 @@ DECODE_ROWS = 65_536
 # Reader threads: parquet decoding and transform release the GIL for most of their time; half the cores
 # (at least 2), the other half trains.
 THREADS = max(2, min(8, (os.cpu_count() or 2) // 2))
+CACHE_BYTES = 16 << 30  # decoded fragments kept on local disk (with a cache folder)
 
 
 def window_seed(seed: int, epoch: int, window: int) -> int:
@@ -59,7 +64,8 @@ class StreamLoader:
 
     def __init__(self, dataset: ParquetDataset, fragments: list[Fragment], rows: list[int], schema: TableSchema,
                  batch_size: int, *, shuffle: bool = True, seed: int = 0, buffer_bytes: int = BUFFER_BYTES,
-                 read_ahead_bytes: int | None = None, threads: int = THREADS) -> None:
+                 read_ahead_bytes: int | None = None, threads: int = THREADS, cache_dir: str | None = None,
+                 cache_bytes: int = CACHE_BYTES) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be > 0 (got {batch_size})")
         if buffer_bytes < 1:
@@ -81,6 +87,20 @@ class StreamLoader:
         self.columns = [*schema.feature_names, *([schema.target.name] if schema.target else [])]
         self.epoch = 0
         self.position = 0  # batches already handed out in this epoch
+        self.cache = self._open_cache(cache_dir, cache_bytes) if cache_dir is not None and cache_bytes > 0 else None
+        self._warned = False
+        self._buffer: dict[str, torch.Tensor] | None = None  # the shuffled windows' buffer, while iterating
+
+    def _open_cache(self, folder: str, limit: int) -> FragmentCache:
+        """The folder of this loader's decoded fragments (data/stream_cache.py), keyed by schema and fragment."""
+        schema_json = self.schema.to_json()
+        keys = [FragmentCache.key(schema_json, self.columns, fragment_identity(self.dataset, f)) for f in self.fragments]
+        target = self.schema.target
+        layout = [("categorical", torch.int64, (len(self.schema.categorical),)),
+                  ("continuous", torch.float32, (self.schema.n_continuous_inputs,))]
+        if target is not None:
+            layout.append(("target", torch.int64 if target.task == "multiclass" else torch.float32, ()))
+        return FragmentCache(folder, keys, limit, layout)
 
     @property
     def rows_per_epoch(self) -> int:
@@ -131,8 +151,31 @@ class StreamLoader:
             size += self.rows[index]
         return groups
 
-    def decode(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """Fragments' rows that have a target, in order, as the run's tensors (one `transform` for them all)."""
+    def decode(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """Fragments' rows that have a target, in order, as the run's tensors, one dict per fragment: from the
+        cache where it has them, the others read and transformed together (and written to the cache)."""
+        cache = self.cache
+        parts = [cache.get(i, self.rows[i]) if cache is not None else None for i in indices]
+        missing = [i for i, part in zip(indices, parts) if part is None]
+        if missing:
+            tensors = self._decode(missing)
+            start = 0
+            decoded = iter(missing)
+            for number, part in enumerate(parts):
+                if part is None:
+                    index = next(decoded)
+                    parts[number] = {k: v[start : start + self.rows[index]] for k, v in tensors.items()}
+                    start += self.rows[index]
+                    if cache is not None:
+                        cache.put(index, parts[number])  # type: ignore[arg-type]
+            if cache is not None and cache.full is not None and not self._warned:
+                self._warned = True
+                log.warning("%s: some row groups are not cached on disk (%s); they are read from parquet every"
+                            " epoch", self.dataset.uri, cache.full)
+        return parts  # type: ignore[return-value]
+
+    def _decode(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Fragments' rows that have a target, in order, from parquet (one `transform` for them all)."""
         frames = []
         for index in indices:
             fragment = self.fragments[index]
@@ -186,6 +229,7 @@ class StreamLoader:
                 self.position += 1
                 yield {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
         finally:
+            self._buffer = None
             reads.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
         self.epoch += 1
@@ -195,19 +239,23 @@ class StreamLoader:
                 ) -> Iterator[dict[str, torch.Tensor]]:
         """A window's rows from `offset` in its shuffled order, in chunks gathered whole."""
         total = sum(self.rows[i] for i in window)
-        tensors = reads.next()
-        parts = len(self.groups(window))
-        if parts > 1:  # one buffer for the window, filled as its fragments arrive (no second copy)
-            part, tensors = tensors, {k: torch.empty((total, *v.shape[1:]), dtype=v.dtype) for k, v in tensors.items()}
+        parts = reads.next()
+        groups = len(self.groups(window))
+        if groups > 1 or len(parts) > 1:  # one buffer for the window, filled as its fragments arrive
+            first = parts[0]
+            tensors = self._window_buffer(first, total)
             start = 0
-            for more in range(parts):
+            for more in range(groups):
                 if more:
-                    part = reads.next()
-                rows = len(next(iter(part.values())))
-                for k, v in part.items():
-                    tensors[k][start : start + rows] = v
-                start += rows
-            del part
+                    parts = reads.next()
+                for part in parts:
+                    rows = len(next(iter(part.values())))
+                    for k, v in part.items():
+                        tensors[k][start : start + rows] = v
+                    start += rows
+            del parts, part, first
+        else:
+            tensors = parts[0]
         if not self.shuffle:
             yield {k: v[offset:] for k, v in tensors.items()}
             return
@@ -216,6 +264,17 @@ class StreamLoader:
         for start in range(offset, total, chunk):
             index = order[start : start + chunk]
             yield {k: torch.index_select(v, 0, index) for k, v in tensors.items()}
+
+    def _window_buffer(self, like: dict[str, torch.Tensor], total: int) -> dict[str, torch.Tensor]:
+        """Room for a window's rows. Shuffled, one buffer serves the epoch's windows in turn (its chunks are
+        gathered copies): no page faults on fresh memory per window, the cost of filling a new one."""
+        if not self.shuffle:
+            return {k: torch.empty((total, *v.shape[1:]), dtype=v.dtype) for k, v in like.items()}
+        if self._buffer is None or len(next(iter(self._buffer.values()))) < total:
+            self._buffer = None
+            rows = max(total, min(self.window_rows, self.num_rows))
+            self._buffer = {k: torch.empty((rows, *v.shape[1:]), dtype=v.dtype) for k, v in like.items()}
+        return {k: v[:total] for k, v in self._buffer.items()}
 
     def state_dict(self) -> dict[str, Any]:
         state = {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_rows": self.num_rows,
@@ -244,7 +303,7 @@ class _ReadAhead:
         self.pool, self.decode, self.limit = pool, decode, limit
         self.queue = list(zip(indices, sizes))
         self.next_submit = 0
-        self.inflight: list[tuple[int, Future[dict[str, torch.Tensor]]]] = []
+        self.inflight: list[tuple[int, Future[list[dict[str, torch.Tensor]]]]] = []
         self._top_up()
 
     def _top_up(self) -> None:
@@ -255,7 +314,7 @@ class _ReadAhead:
             self.inflight.append((size, self.pool.submit(self.decode, index)))
             self.next_submit += 1
 
-    def next(self) -> dict[str, torch.Tensor]:
+    def next(self) -> list[dict[str, torch.Tensor]]:
         _, future = self.inflight.pop(0)
         self._top_up()
         return future.result()

@@ -16,12 +16,13 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from typing import Any
 
 from torchkeep.config import RunConfig
 from torchkeep.data.parquet import Fragment, ParquetDataset, UnreadableFile, dataset_name, memory_limit_bytes
 from torchkeep.data.parquet import is_parquet_dataset, open_dataset
-from torchkeep.data.stream import StreamLoader
+from torchkeep.data.stream import StreamLoader, row_bytes
 from torchkeep.data.table import TableSchema
 from torchkeep.data.table_stream_fit import StreamFit, fit_streamed, progress_lines
 from torchkeep.errors import ConfigError, DataError
@@ -113,7 +114,7 @@ def start(dataset: ParquetDataset, config: RunConfig, overrides: dict[str, Any],
     run.write("stream.json", record)
     run.write_setup(config=config.to_dict(), schema=schema.to_dict(), transfer=transfer_report,
                     model={"architecture": ARCHITECTURE, "args": model_args}, data=_fingerprint(dataset, record))
-    loaders = _loaders(config, schema, dataset, train, fit.train_rows, valid_dataset, valid, fit.other_rows)
+    loaders = _loaders(config, run, schema, dataset, train, fit.train_rows, valid_dataset, valid, fit.other_rows)
     return Setup(run, config, schema, ARCHITECTURE, model_args, None, None, pretrained=pretrained, stream_loaders=loaders)
 
 
@@ -159,15 +160,25 @@ def _fingerprint(dataset: ParquetDataset, record: dict[str, Any]) -> dict[str, A
     return fingerprint(rows, list(dataset.columns), content, streamed=True)
 
 
-def _loaders(config: RunConfig, schema: TableSchema, dataset: ParquetDataset, train: list[Fragment],
+def _loaders(config: RunConfig, run: RunDir, schema: TableSchema, dataset: ParquetDataset, train: list[Fragment],
              train_rows: list[int], valid_dataset: ParquetDataset, valid: list[Fragment],
              valid_rows: list[int]) -> tuple[StreamLoader, StreamLoader]:
-    settings = config.train
+    """The training and validation loaders; their decoded row groups cached in RUN_DIR/stream-cache/ (a folder
+    in the temp dir for a run on s3://), `stream_cache_bytes` in all: validation's share is its size, at most half."""
+    settings, limit = config.train, config.data.stream_cache_bytes
+    if run.path.startswith("s3://"):
+        folder = os.path.join(tempfile.gettempdir(), "torchkeep-stream-cache",
+                              hashlib.sha256(run.path.encode()).hexdigest()[:16])
+    else:
+        folder = os.path.join(run.path, "stream-cache")
+    valid_limit = min(limit // 2, sum(valid_rows) * row_bytes(schema) + 256 * len(valid))
     return (
         StreamLoader(dataset, train, train_rows, schema, settings.batch_size, shuffle=True, seed=settings.seed,
-                     buffer_bytes=config.data.shuffle_buffer_bytes),
+                     buffer_bytes=config.data.shuffle_buffer_bytes, cache_dir=os.path.join(folder, "train"),
+                     cache_bytes=limit - valid_limit),
         StreamLoader(valid_dataset, valid, valid_rows, schema, EVAL_BATCH_ROWS, shuffle=False,
-                     buffer_bytes=config.data.shuffle_buffer_bytes),
+                     buffer_bytes=config.data.shuffle_buffer_bytes, cache_dir=os.path.join(folder, "valid"),
+                     cache_bytes=valid_limit),
     )
 
 
@@ -194,7 +205,7 @@ def reopen(run: RunDir, data: Any) -> Setup:
                     ", ".join(new[:3]) + (", ..." if len(new) > 3 else ""))
     schema = TableSchema.from_dict(run.read("schema.json"))
     spec = run.read("model.json")
-    loaders = _loaders(config, schema, dataset, train, [e["target_rows"] for e in record["train"]],
+    loaders = _loaders(config, run, schema, dataset, train, [e["target_rows"] for e in record["train"]],
                        valid_dataset, valid, [e["target_rows"] for e in record["valid"]])
     return Setup(run, config, schema, spec["architecture"], spec["args"], None, None, stream_loaders=loaders)
 
