@@ -50,12 +50,14 @@ def test_over_the_memory_limit_the_run_streams_and_records_its_fragments(tmp_pat
     assert len(record["train"]) + len(record["valid"]) == 12 and len(record["valid"]) == 1  # 10% of the row groups
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["stream"] is True
     assert result.valid["roc_auc"] > 0.7
+    assert not (tmp_path / "run" / "stream-cache").exists()  # a run that completes deletes its decoded copy
 
 
 def test_a_streamed_run_resumes_only_on_the_same_fragments(tmp_path: Path, make_table) -> None:
     frame = make_table(2_000)
     write_parts(frame, tmp_path / "flights")
     torchkeep.train(str(tmp_path / "flights"), run_dir=str(tmp_path / "run"), stream=True, stop_at_step=2, **FAST)
+    assert any((tmp_path / "run" / "stream-cache" / "train").iterdir())  # a stopped run keeps it for --resume
     frame[:300].write_parquet(tmp_path / "flights" / "part-001.parquet", row_group_size=200)
     with pytest.raises(DataError, match=r"part-001\.parquet \(row group 1\) has 100 rows, 200 when the run started"):
         torchkeep.train(resume=str(tmp_path / "run"), quiet=True)

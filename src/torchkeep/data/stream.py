@@ -102,6 +102,12 @@ class StreamLoader:
             layout.append(("target", torch.int64 if target.task == "multiclass" else torch.float32, ()))
         return FragmentCache(folder, keys, limit, layout)
 
+    def drop_cache(self) -> None:
+        """Delete the decoded fragments on disk; later epochs (if any) read parquet again."""
+        if self.cache is not None:
+            self.cache.remove()
+            self.cache = None
+
     @property
     def rows_per_epoch(self) -> int:
         return self.num_rows

@@ -20,9 +20,11 @@ epoch, as without a cache, and `full` says why (the loader warns once).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,12 @@ class FragmentCache:
             elif path.is_file():  # another dataset's or schema's tensors, or a write cut short
                 path.unlink(missing_ok=True)
         self.hits = self.writes = 0
+
+    def remove(self) -> None:
+        """Delete the folder, and its parent when that is left empty (a finished run keeps no decoded copy)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.folder.parent.rmdir()
 
     @staticmethod
     def key(schema_json: str, columns: list[str], identity: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from torchkeep.checkpoint import Checkpointer
 from torchkeep.config import CheckpointConfig, RunConfig
 from torchkeep.data.images import AugmentingLoader, ImageFileDataset
 from torchkeep.data.loader import BatchLoader, DatasetLoader
+from torchkeep.data.stream import StreamLoader
 from torchkeep.predict.predictor import eval_batch_rows
 from torchkeep.run.rundir import RunDir
 from torchkeep.track import Tracker, build_trackers, close_trackers
@@ -104,6 +105,9 @@ def train_session(
         else:
             save_bundle(result.valid)
             status, valid = "complete", result.valid
+            for loader in (train_loader, valid_loader):  # a finished run keeps no decoded copy of its data
+                if isinstance(loader, StreamLoader):
+                    loader.drop_cache()
     except KeyboardInterrupt:
         status = "interrupted"
         raise
