@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from torchkeep.models.build import build_model
+from torchkeep.models.vision import DEFAULT_WIDTHS, MAX_WIDTH, SMALLEST_MAP, default_widths
 
 ARGS = {"channels": 1, "height": 8, "width": 8, "out_features": 10, "mean": [0.3], "std": [0.4], "dropout": 0.1}
 
@@ -84,3 +85,16 @@ def test_the_pool_setting_is_checked() -> None:
 
     with pytest.raises(ConfigError, match="vision.pool must be avg"):
         VisionModelConfig(pool="max")
+
+
+@pytest.mark.parametrize(("height", "width", "widths"), [
+    (8, 8, [32, 64]), (16, 16, [32, 64]), (28, 28, [32, 64, 128]), (32, 32, [32, 64, 128]), (20, 64, [32, 64, 128]),
+    (64, 64, [32, 64, 128, 256]), (224, 224, [32, 64, 128, 256, 256, 256]), (1, 1, [32, 64]),
+])
+def test_default_widths_add_a_block_per_halving_of_the_shorter_side(height, width, widths) -> None:
+    assert default_widths(height, width) == widths
+    side = min(height, width)
+    for _ in widths:
+        side = side // 2 if side >= 2 else side
+    assert side <= SMALLEST_MAP or len(widths) == len(DEFAULT_WIDTHS)  # the last map is a few pixels at most
+    assert max(widths) <= MAX_WIDTH

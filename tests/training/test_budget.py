@@ -6,7 +6,17 @@ import math
 
 import pytest
 
-from torchkeep.training.budget import MAX_BATCH, MAX_ROWS_SEEN, MIN_BATCH, MIN_EPOCHS, TARGET_STEPS, table_budget
+from torchkeep.training.budget import (
+    IMAGE_EPOCHS,
+    IMAGE_PIXELS_SEEN,
+    MAX_BATCH,
+    MAX_ROWS_SEEN,
+    MIN_BATCH,
+    MIN_EPOCHS,
+    TARGET_STEPS,
+    image_epochs,
+    table_budget,
+)
 
 
 @pytest.mark.parametrize("rows", [1, 20, 237, 1_000, 3_700, 20_000, 45_000, 230_000, 5_000_000])
@@ -98,3 +108,17 @@ def test_the_chosen_thread_count_is_recorded(torchkeep, make_table, tmp_path):
         assert train["threads"] == (threads or 1)
         budget = next(line for line in result.stderr.splitlines() if line.startswith("budget:"))
         assert ("one CPU thread" in budget) == (threads is None)
+
+
+@pytest.mark.parametrize(("images", "side"), [(1_293, 8), (1_293, 28), (1_293, 64), (54_000, 28), (50, 224), (1, 1)])
+def test_image_epochs_follow_the_images_number_and_size(images, side):
+    epochs = image_epochs(images, side, side)
+    assert MIN_EPOCHS <= epochs <= IMAGE_EPOCHS
+    assert epochs == IMAGE_EPOCHS or epochs == MIN_EPOCHS or epochs * images * side * side <= IMAGE_PIXELS_SEEN
+
+
+def test_small_images_keep_every_epoch_and_large_ones_are_capped():
+    assert image_epochs(1_293, 8, 8) == IMAGE_EPOCHS  # the built-in digits, as before
+    assert image_epochs(1_293, 28, 28) < IMAGE_EPOCHS
+    assert image_epochs(1_293, 28, 28) > image_epochs(1_293, 64, 64) >= MIN_EPOCHS
+    assert image_epochs(54_000, 28, 28) == MIN_EPOCHS  # MNIST-sized: the floor

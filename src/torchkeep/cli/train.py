@@ -31,8 +31,8 @@ rename = {"old_prefix." = "new_prefix."}; [checkpoint] every_steps, keep_last, a
 [track] trackers = ["tensorboard", "wandb"]. Images: [data] image_dir, image_size, channels, file_column,
 label_column, image_memory_bytes, skip_bad_images, augment_pad, augment_flip, and for images streamed
 from files num_workers, pin_memory, persistent_workers, prefetch_factor; [vision] architecture
-(cnn | mlp), widths, convs_per_block, pool, hidden_sizes, dropout. Image runs default to 30 epochs, batch 64,
-lr 3e-3, augment_pad 1 unless set. Text: [data] text_columns, max_tokens, text_ngrams, min_freq,
+(cnn | mlp), widths, convs_per_block, pool, hidden_sizes, dropout. Image runs default to batch 64, lr 3e-3,
+augment_pad 1, and epochs and cnn widths by the images' number and size (--epochs, --widths) unless set. Text: [data] text_columns, max_tokens, text_ngrams, min_freq,
 max_vocab, char_ngrams, tokenizer; [model] text_encoder, text_embedding_dim, text_dropout,
 text_weighting, embeddings, freeze_embeddings.
 """
@@ -114,7 +114,9 @@ def add_parser(commands: Any) -> None:
     images.add_argument("--image-memory-gib", type=float, metavar="G",
                         help="decoded images must fit in this much memory (default 2)")
     images.add_argument("--architecture", choices=["cnn", "mlp"], help="image model (default cnn)")
-    images.add_argument("--widths", metavar="N,N", help="cnn channels per block, each block halves H and W (default 32,64)")
+    images.add_argument("--widths", metavar="N,N", help="cnn channels per block, each block halves H and W (default by image size: a block per halving"
+                        " of the shorter side down to 4 pixels, at least 2, widths doubling from 32 to at most 256:"
+                        " 8x8 and 16x16 32,64; 28x28 and 32x32 32,64,128; 64x64 32,64,128,256)")
     images.add_argument("--pool", choices=["avg", "flatten"],
                         help="what the cnn's head sees: avg (default), global average pooling, one value per channel;"
                              " flatten, the whole last feature map, where things are in the image (keeps much more"
@@ -157,8 +159,9 @@ def add_parser(commands: Any) -> None:
     training.add_argument("--epochs", type=int, metavar="N",
                           help="tables: default from the step budget, about 4,000 optimizer steps (at most 4M rows x ensemble members"
                           " seen, at least 3 epochs), printed when the run starts; with many short epochs, validation"
-                          " ~40 times a run, early stop after 10 without improvement, best weights kept (images 30,"
-                          " text 5). With --resume RUN: train a run further")
+                          " ~40 times a run, early stop after 10 without improvement, best weights kept; images: 30, but at"
+                          " most 12M pixels seen (training images x H x W) and at least 3 (28x28 x 1,293 images: 11);"
+                          " text 5. With --resume RUN: train a run further")
     training.add_argument("--steps", type=int, metavar="N",
                           help="tables: train about N optimizer steps (rounded up to whole epochs) instead of the"
                           " budget's 4,000, with the budget's batch size, validation cadence and early stopping;"

@@ -17,12 +17,17 @@ from torchkeep.errors import ConfigError
 
 ARCHITECTURES = ("cnn", "mlp")
 POOLS = ("avg", "flatten")
+DEFAULT_WIDTHS = [32, 64]
+SMALLEST_MAP = 4  # the default cnn halves H, W until the shorter side is at most this
+MAX_WIDTH = 256
 
 
 @dataclass(kw_only=True)
 class VisionModelConfig:
     architecture: str = "cnn"  # "cnn" | "mlp" (the seeds' Flatten -> Linear -> ReLU stack)
-    widths: list[int] = field(default_factory=lambda: [32, 64])  # cnn: channels per block (each block halves H, W)
+    # cnn: channels per block (each block halves H, W). Left at the default, image runs take
+    # default_widths(height, width) of their images instead: more blocks for larger images.
+    widths: list[int] = field(default_factory=lambda: list(DEFAULT_WIDTHS))
     convs_per_block: int = 2
     # cnn: what the head sees. "avg": global average pooling, one value per channel (any input size);
     # "flatten": the last feature map whole, channels x H x W, where each thing is in the image. On
@@ -113,6 +118,18 @@ class SmallCNN(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         output = self.head(self.dropout(self.features(self.normalize(image))))
         return output.squeeze(1) if self.single_output else output
+
+
+def default_widths(height: int, width: int) -> list[int]:
+    """The cnn's blocks for images of this size: one block per halving of the shorter side until it is at
+    most SMALLEST_MAP pixels (at least 2 blocks), widths doubling from 32 up to MAX_WIDTH. So the last
+    feature map is a few pixels whatever the size and each of its cells sees most of the image (with two
+    blocks a 28x28 image ends as 7x7 cells that each see 16x16 pixels, and average pooling mixes them).
+    8x8 and 16x16: 32,64 (as before the rule); 28x28 and 32x32: 32,64,128; 64x64: 32,64,128,256."""
+    side, blocks = min(height, width), 0
+    while side > SMALLEST_MAP:
+        side, blocks = side // 2, blocks + 1
+    return [min(MAX_WIDTH, DEFAULT_WIDTHS[0] * 2**block) for block in range(max(len(DEFAULT_WIDTHS), blocks))]
 
 
 def vision_model_args(config: VisionModelConfig, schema: object) -> dict[str, object]:

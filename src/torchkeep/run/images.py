@@ -31,12 +31,13 @@ from torchkeep.data.images import ImageFileDataset, ImageSchema
 from torchkeep.data.parquet import is_parquet_dataset
 from torchkeep.errors import ConfigError, DataError
 from torchkeep.models.build import build_model
-from torchkeep.models.vision import vision_model_args
+from torchkeep.models.vision import DEFAULT_WIDTHS, default_widths, vision_model_args
 from torchkeep.run.images_transfer import head_aligner
 from torchkeep.run.rundir import RunDir, fingerprint, split_index
 from torchkeep.run.session import Setup
 from torchkeep.run.settings import read_init_from, with_monitor
 from torchkeep.storage import open_storage
+from torchkeep.training.budget import IMAGE_EPOCHS, IMAGE_PIXELS_SEEN, image_epochs
 from torchkeep.training.loop import TrainConfig, check_device
 from torchkeep.training.optim import OptimConfig
 from torchkeep.training.progress import Progress
@@ -50,7 +51,8 @@ IMAGE_ARCHITECTURES = {"cnn": "image_cnn", "mlp": "image_mlp"}
 # (and from 0.0135 to 0.0131 with widths 64,128, which cost 2-3x the time for a gain within noise).
 # A value given on the command line, in Python or in a TOML file wins (a Python RunConfig holding
 # the table default's value cannot be told from one that holds no setting).
-IMAGE_TRAIN_DEFAULTS = {"epochs": 30, "batch_size": 64}
+# The epochs then follow the images' number and size (training/budget.py, image_epochs).
+IMAGE_TRAIN_DEFAULTS = {"epochs": IMAGE_EPOCHS, "batch_size": 64}
 IMAGE_OPTIM_DEFAULTS = {"lr": 3e-3}
 IMAGE_DATA_DEFAULTS = {"augment_pad": 1}
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -206,7 +208,8 @@ def images_fingerprint(raw: RawImages) -> dict[str, Any]:
     return fingerprint(len(raw.images), ["image", "label"], raw.images)
 
 
-def _image_defaults(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+def _image_defaults(config: RunConfig, overrides: dict[str, Any]) -> tuple[RunConfig, set[str]]:
+    """The image defaults for what the user left unset, and the names of those filled in."""
     overrides = {**overrides, **dict.fromkeys(config.explicit)}  # set by a flag, a keyword or the TOML file
     table_train, table_optim = TrainConfig(), OptimConfig()
     train = {k: v for k, v in IMAGE_TRAIN_DEFAULTS.items()
@@ -214,8 +217,27 @@ def _image_defaults(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     optim = {k: v for k, v in IMAGE_OPTIM_DEFAULTS.items()
              if k not in overrides and getattr(config.train.optim, k) == getattr(table_optim, k)}
     data = {k: v for k, v in IMAGE_DATA_DEFAULTS.items() if k not in overrides and getattr(config.data, k) == 0}
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, **data), train=dataclasses.replace(
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, **data), train=dataclasses.replace(
         config.train, optim=dataclasses.replace(config.train.optim, **optim), **train))
+    widths = {"widths"} if "widths" not in overrides and config.vision.widths == DEFAULT_WIDTHS else set()
+    return config, {*train, *optim, *data, *widths}
+
+
+def _shape_defaults(config: RunConfig, filled: set[str], schema: ImageSchema, images: int,
+                    progress: Progress) -> RunConfig:
+    """The defaults that follow from the training images' number and size: the cnn's blocks
+    (models/vision.py, default_widths) and the epochs (training/budget.py, image_epochs)."""
+    if "widths" in filled:
+        config = dataclasses.replace(config, vision=dataclasses.replace(
+            config.vision, widths=default_widths(schema.height, schema.width)))
+    if "epochs" not in filled:
+        return config
+    epochs = image_epochs(images, schema.height, schema.width)
+    if epochs < config.train.epochs:
+        progress.message(f"budget: {epochs} epochs of {images:,} images of {schema.height}x{schema.width}"
+                         f" (at most {IMAGE_PIXELS_SEEN / 1e6:g}M pixels seen, {IMAGE_EPOCHS} epochs for"
+                         f" smaller sets; --epochs N to choose)")
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
 
 
 def reopen(run: RunDir, data: Any, progress: Progress) -> Setup:
@@ -253,7 +275,7 @@ def vision_settings(overrides: dict[str, Any]) -> dict[str, Any]:
 def start(data: Any, config: RunConfig, overrides: dict[str, Any], vision: dict[str, Any], progress: Progress) -> Setup:
     """A new image run: decode (or plan streaming), split, fit, check, then write the run's files (run.json last)."""
     config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, **vision))
-    config = _image_defaults(config, overrides)
+    config, filled = _image_defaults(config, {**overrides, **vision})
     plan = _plan_streaming(config, data)
     if plan is None:
         raw, name, config = _read(config, data, progress)
@@ -272,6 +294,7 @@ def start(data: Any, config: RunConfig, overrides: dict[str, Any], vision: dict[
     else:
         schema, streamed, found = _streamed(config, plan, None, progress)
     assert schema.target is not None
+    config = _shape_defaults(config, filled, schema, len(train_raw.images) if plan is None else len(streamed[0]), progress)
     config = with_monitor(config, schema.target.task)
     architecture = IMAGE_ARCHITECTURES[config.vision.architecture]
     model_args = vision_model_args(config.vision, schema)
