@@ -9,10 +9,10 @@ on a 1k-row table and 700 on a 250k-row one. So a table run without --epochs / -
     epochs = ceil(steps / batches per epoch), at least MIN_EPOCHS
 
 with validation about VALIDATIONS times a run (each epoch when epochs are few, else every
-steps / VALIDATIONS steps), and after PATIENCE validations without improvement the best weights
-restored and the learning rate annealed to zero over as many steps, then the end
-(training/schedule.py); the weights of the best validation are kept. The learning-rate schedule is sized by the
-run's steps, so it decays to its end whatever the table's size.
+steps / VALIDATIONS steps); after PATIENCE validations without improvement the best weights come
+back and the learning rate is annealed to zero over as many steps, then the run ends
+(training/schedule.py), with the weights of its best validation. The learning-rate schedule is sized
+by the run's steps, so it decays to its end whatever the table's size.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MAX_ROWS_SEEN = 4_000_000  # the time cap: ~4M rows through one MLP (about 30-60
 MIN_BATCH, MAX_BATCH = 32, 1024
 MIN_EPOCHS = 3
 VALIDATIONS = 40
-PATIENCE = 10  # validations: a quarter of a run without a better validation ends it
+PATIENCE = 10  # validations: a quarter of a run without a better validation starts the final anneal
 # A step of at most this many rows x members runs on one CPU thread: waking a second thread for such
 # small matrices costs more than it saves, and far more on a busy machine (penguins, 247 rows, on a
 # loaded 2-core machine: 14.6 s with one thread, 165 s with two).
