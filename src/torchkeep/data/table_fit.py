@@ -4,6 +4,7 @@ numbers), vocabularies, fill and scaling statistics, and the target's task and l
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -102,21 +103,9 @@ def fit_columns(
             notes.append({"column": name, "action": "read as numbers",
                           "reason": "every non-null value is a number stored as text"})
             column, kind = parsed, "float"
-        if name in categorical:
-            as_categorical = True
-        elif name in continuous:
-            if kind not in ("integer", "float", "boolean"):
-                raise DataError(f"{source}: column '{name}' has type {column.dtype}; --continuous needs numbers")
-            as_categorical = False
-        elif kind is None:
-            raise DataError(
-                f"{source}: column '{name}' has type {column.dtype}, which is neither categorical nor"
-                f" continuous; drop it with --drop {name} or convert it"
-            )
-        else:
-            as_categorical = kind in ("string", "boolean") or (
-                kind == "integer" and column.n_unique() - (column.null_count() > 0) <= max_integer_levels
-            )
+        as_categorical = is_categorical(
+            name, kind, column.dtype, lambda: column.n_unique() - (column.null_count() > 0),
+            categorical=categorical, continuous=continuous, max_integer_levels=max_integer_levels, source=source)
         if as_categorical:
             fitted = fit_categorical(column, kind or "string", min_level_count)
             rare = column.n_unique() - (column.null_count() > 0) - len(fitted.levels)
@@ -155,6 +144,26 @@ def categorical_from_counts(name: str, kind: str, counts: pl.DataFrame, has_null
     kept = counts.filter(pl.col("n") >= min_count)
     levels = kept.get_column("level").to_list()
     return CategoricalColumn(name=name, kind=kind, levels=levels, has_nulls=has_nulls or kept.height < counts.height)
+
+
+def is_categorical(name: str, kind: str | None, dtype: Any, distinct: Callable[[], int | None], *,
+                   categorical: Collection[str], continuous: Collection[str], max_integer_levels: int,
+                   source: str) -> bool:
+    """The column typing rule of both fits (in memory, streamed): --categorical and --continuous first; else
+    strings and booleans are categorical, and integers with at most `max_integer_levels` distinct non-null
+    values (`distinct()`, asked only then; None: too many to count)."""
+    if name in categorical:
+        return True
+    if name in continuous:
+        if kind not in ("integer", "float", "boolean"):
+            raise DataError(f"{source}: column '{name}' has type {dtype}; --continuous needs numbers")
+        return False
+    if kind is None:
+        raise DataError(f"{source}: column '{name}' has type {dtype}, which is neither categorical nor continuous;"
+                        f" drop it with --drop {name} or convert it")
+    if kind in ("string", "boolean"):
+        return True
+    return kind == "integer" and (count := distinct()) is not None and count <= max_integer_levels
 
 
 def fit_continuous(column: pl.Series, source: str, scaling: str = "standard", bins: int = 0) -> ContinuousColumn:

@@ -28,7 +28,7 @@ import polars as pl
 from torchkeep.data.columns import CASTS, check_finite, kind_of, sample
 from torchkeep.data.parquet import Fragment, ParquetDataset
 from torchkeep.data.sketch import QuantileSketch
-from torchkeep.data.table_fit import categorical_from_counts, continuous_from, target_from
+from torchkeep.data.table_fit import categorical_from_counts, continuous_from, is_categorical, target_from
 from torchkeep.data.table_spec import (
     ID_MIN_ROWS, ID_RARE_COUNT, ID_RARE_SHARE, ID_UNIQUE_SHARE, MAX_CLASS_LEVELS_INFERRED, NUMERIC_ENCODINGS, SCALINGS,
     CategoricalColumn, ContinuousColumn, TargetSpec,
@@ -271,18 +271,9 @@ def _columns(stats: dict[str, ColumnStats], kinds: dict[str, str | None], column
             notes.append({"column": name, "action": "read as numbers",
                           "reason": "every non-null value is a number stored as text"})
             column, kind = column.parsed, "float"
-        if name in categorical:
-            as_categorical = True
-        elif name in continuous:
-            if kind not in ("integer", "float", "boolean"):
-                raise DataError(f"{source}: column '{name}' has type {columns[name]}; --continuous needs numbers")
-            as_categorical = False
-        elif kind is None:
-            raise DataError(f"{source}: column '{name}' has type {columns[name]}, which is neither categorical nor"
-                            f" continuous; drop it with --drop {name} or convert it")
-        else:
-            as_categorical = kind in ("string", "boolean") or (
-                kind == "integer" and not column.overflow and column.distinct <= max_integer_levels)
+        as_categorical = is_categorical(
+            name, kind, columns[name], lambda: None if column.overflow else column.distinct,
+            categorical=categorical, continuous=continuous, max_integer_levels=max_integer_levels, source=source)
         if as_categorical:
             if column.overflow or column.counts is None:
                 raise DataError(f"{source}: column '{name}' has more than {LEVEL_CAP:,} distinct values, too many"
