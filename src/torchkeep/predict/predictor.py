@@ -108,6 +108,9 @@ class Predictor:
         rows, batch_rows = len(next(iter(tensors.values()))), eval_batch_rows(tensors)
         outputs = []
         with torch.inference_mode():  # cheaper per operation than no_grad; nothing here needs autograd
+            if rows <= batch_rows and self.device.type == "cpu" and all(isinstance(v, torch.Tensor) for v in tensors.values()):
+                # a request's few rows: no slices, no copies (packed text is padded by its slicing)
+                return model(**tensors)
             for start in range(0, rows, batch_rows):
                 batch = {k: v[start : start + batch_rows].to(self.device) for k, v in tensors.items()}
                 outputs.append(model(**batch).cpu())

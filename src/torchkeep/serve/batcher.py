@@ -51,6 +51,7 @@ class Batcher:
         self.batches = 0
         self.rows = 0
         self.failure: BaseException | None = None
+        self.busy = False  # a batch is being computed (inline or in the worker thread)
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchkeep-model")
@@ -70,6 +71,24 @@ class Batcher:
 
     async def submit(self, rows: list[Any], predict: Predict | None = None) -> list[Any]:
         return await self.enqueue(rows, predict)
+
+    def run_now(self, rows: list[Any], predict: Predict) -> list[Any] | None:
+        """The results of a lone small request computed right here on the event loop, when nothing else is
+        queued, computing or in the server; None otherwise (then `enqueue` it). No queue hop, no future."""
+        if self.busy or len(rows) > self.inline_max_rows or (self._queue is not None and not self._queue.empty()) \
+                or not self.idle():
+            return None
+        self.on_batch(len(rows))
+        try:
+            results = predict(rows)
+        except Exception as error:
+            log.error("prediction failed for a request of %d rows: %s", len(rows), error)
+            self.failure = error
+            raise
+        self.failure = None
+        self.batches += 1
+        self.rows += len(results)
+        return results
 
     def enqueue(self, rows: list[Any], predict: Predict | None = None) -> asyncio.Future[list[Any]]:
         """The future of these rows' results (by `predict`, else the batcher's own); cancelling it
@@ -96,6 +115,7 @@ class Batcher:
             if not jobs:
                 continue
             rows = [row for job in jobs for row in job.rows]
+            self.busy = True
             try:
                 self.on_batch(len(rows))
                 if len(jobs) == 1 and len(rows) <= self.inline_max_rows and self._queue.empty() and self.idle():
@@ -110,6 +130,8 @@ class Batcher:
                     continue
                 self._fail(jobs[0], error)
                 continue
+            finally:
+                self.busy = False
             self._succeed(jobs, results)
 
     async def _run_alone(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:

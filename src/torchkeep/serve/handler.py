@@ -138,34 +138,43 @@ class PredictHandler:
             return 503, error_body("", f"the server is busy ({config.max_queue} requests waiting); retry later"), \
                 self.retry_after
         started = time.perf_counter()
-        result = self.batcher.enqueue(rows, model.predict)
-        timed_out = False
-
-        def time_out() -> None:
-            nonlocal timed_out
-            timed_out = not result.done()
-            result.cancel()  # not computed if its batch has not started; ignored when it has
-
-        timer = asyncio.get_running_loop().call_later(config.request_timeout_s, time_out)
-        # With the body read, the next message is http.disconnect: a caller that leaves while its rows
-        # wait cancels them, and the batcher skips cancelled requests (no model time for nobody).
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(lambda _: _gone(watcher) and result.cancel())  # no-op once the result is in
+        failed = f"the model failed on this request ({{}}); see the server log"
+        if self.in_flight == 1:  # maybe a lone small request on an idle server: computed here, no queue hop
+            # One turn of the event loop first: requests that arrived with this one (a burst) start and
+            # queue, so that they share a batch instead of each running alone (serve/batcher.py).
+            await asyncio.sleep(0)
         try:
-            predictions = await result
-        except asyncio.CancelledError:
-            if _gone(watcher):
-                return None
-            if timed_out:
-                return 503, error_body("", f"no answer within {config.request_timeout_s:g} s; retry later"), \
-                    self.retry_after
-            raise
+            predictions = self.batcher.run_now(rows, model.predict)
         except Exception as problem:  # the HTTP edge: valid input the model could not answer (logged by the batcher)
-            message = f"the model failed on this request ({type(problem).__name__}); see the server log"
-            return 500, error_body("", message), []
-        finally:
-            timer.cancel()
-            watcher.cancel()
+            return 500, error_body("", failed.format(type(problem).__name__)), []
+        if predictions is None:
+            result = self.batcher.enqueue(rows, model.predict)
+            timed_out = False
+
+            def time_out() -> None:
+                nonlocal timed_out
+                timed_out = not result.done()
+                result.cancel()  # not computed if its batch has not started; ignored when it has
+
+            timer = asyncio.get_running_loop().call_later(config.request_timeout_s, time_out)
+            # With the body read, the next message is http.disconnect: a caller that leaves while its rows
+            # wait cancels them, and the batcher skips cancelled requests (no model time for nobody).
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(lambda _: _gone(watcher) and result.cancel())  # no-op once the result is in
+            try:
+                predictions = await result
+            except asyncio.CancelledError:
+                if _gone(watcher):
+                    return None
+                if timed_out:
+                    return 503, error_body("", f"no answer within {config.request_timeout_s:g} s; retry later"), \
+                        self.retry_after
+                raise
+            except Exception as problem:  # as above
+                return 500, error_body("", failed.format(type(problem).__name__)), []
+            finally:
+                timer.cancel()
+                watcher.cancel()
         if None in predictions:
             field = f"{'inputs' if model.own else 'rows'}[{predictions.index(None)}]"
             return 422, error_body(field, "values too extreme for the model: its output is not a finite number"), []
