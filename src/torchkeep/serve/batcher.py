@@ -6,10 +6,12 @@ worker thread, so the event loop keeps accepting requests meanwhile. `max_wait_m
 short wait for company before a batch only when requests are already queued (under load), never
 for a lone request on an idle server.
 
-The one exception to the worker thread: a lone small request while `idle()` says that no other
-request is in the server runs on the event loop itself. Handing it to the thread and back costs two
-thread wake-ups (0.1-0.2 ms of a 4 ms answer, measured), and with nothing else in flight the event
-loop has nothing to do meanwhile; requests that arrive during it wait in the socket, then batch.
+The exceptions to the worker thread: a lone small request while `idle()` says that no other request is
+in the server runs on the event loop itself, through `run_now` straight from its handler (no queue, no
+future: the handler gives the loop one turn first, so that a burst's other requests queue and batch), or
+from the worker when it finds one alone. Handing it to the thread and back costs two thread wake-ups,
+and with nothing else in flight the event loop has nothing to do meanwhile; requests that arrive during
+it wait in the socket, then batch.
 
 Each request may name its own predict function (the model that validated it): a batch holds requests of
 one model only, so a model swapped in while requests wait (serve/models.py) never sees rows checked
