@@ -9,10 +9,11 @@ import argparse
 import logging
 import sys
 
-from torchkeep.cli import checkpoints, convert, datasets, evaluate, export, inspect, predict, report, runs, serve, train
+from torchkeep.cli import (checkpoints, convert, datasets, evaluate, export, inspect, predict, report, runs, serve, train,
+                           tune)
 from torchkeep.errors import TorchkeepError
 
-COMMANDS = (train, evaluate, predict, export, serve, checkpoints, inspect, convert, report, runs, datasets)
+COMMANDS = (train, tune, evaluate, predict, export, serve, checkpoints, inspect, convert, report, runs, datasets)
 
 
 def build_parser() -> argparse.ArgumentParser:
