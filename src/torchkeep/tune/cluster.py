@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -71,9 +73,55 @@ def ray_session(study_dir: str, *, address: str | None, gpus: float, message: An
         if not inside:
             message(f"Ray's temporary files: {temp} (the study directory's path is too long for Ray's sockets)")
         os.makedirs(temp, exist_ok=True)
+        if stopped := stop_leftovers(temp):
+            message(f"stopped {len(stopped)} Ray process(es) left by the study's previous driver")
         ray.init(num_cpus=os.cpu_count() or 1, num_gpus=None if gpus else 0, include_dashboard=False,
                  _temp_dir=temp, logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def leftover_pids(temp_dir: str) -> list[int]:
+    """Processes of a local Ray that used `temp_dir` and outlived their driver (killed, not shut down): they
+    hold files of its sessions open. Linux (/proc) only; elsewhere none are found."""
+    sessions, found = os.path.join(os.path.abspath(temp_dir), "session_"), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(os.path.join("/proc", entry, "fd", fd)) for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:  # gone, or another user's
+            continue
+        if any(link.startswith(sessions) for link in links):
+            found.append(int(entry))
+    return found
+
+
+def stop_leftovers(temp_dir: str, timeout_s: float = 10.0) -> list[int]:
+    """Stop the processes `leftover_pids` finds (SIGTERM, then SIGKILL after `timeout_s`); their pids."""
+    pids = leftover_pids(temp_dir)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    return pids
+
+
+def _signal(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
