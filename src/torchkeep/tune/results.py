@@ -12,18 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from torchkeep.errors import DataError, StorageError
+from torchkeep.report.study import STUDY_FILE, is_study_dir
 from torchkeep.report.summary import summarize_run
 from torchkeep.run.rundir import RunDir
 from torchkeep.storage import open_storage
 from torchkeep.storage.jsonfile import read_json, write_json
 from torchkeep.tune.trial import STOPPED
 
-STUDY_FILE = "study.json"
 
 
 def is_study(path: str) -> bool:
     try:
-        return open_storage(path).exists(STUDY_FILE)
+        return is_study_dir(path)
     except StorageError:
         return False
 
