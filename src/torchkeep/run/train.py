@@ -26,7 +26,7 @@ from torchkeep.run import images, tables, tables_stream, text
 from torchkeep.run.images_transfer import transfer_adapter
 from torchkeep.run.rundir import RunDir
 from torchkeep.run.session import Setup, checkpointer_for, train_session
-from torchkeep.run.settings import override
+from torchkeep.run.settings import override, tracker_objects
 from torchkeep.run.tables_transfer import level_aligner
 from torchkeep.track import Tracker
 from torchkeep.training.metrics import DEFAULT_MONITOR, metrics_for_task
@@ -53,7 +53,6 @@ def train(
     progress: Progress | None = None,
     stop_at_step: int | None = None,
     steps: int | None = None,
-    trackers: Sequence[Tracker] = (),
     **overrides: Any,
 ) -> RunResult:
     """Train a run from a path, a frame or the built-in example; or continue one (`resume=RUN_DIR`).
@@ -61,9 +60,11 @@ def train(
     Keyword overrides name any config field: `epochs=5, lr=3e-3, valid_fraction=0.2, run_dir=...`.
     `steps`: train about this many optimizer steps (rounded up to whole epochs) instead of the table
     budget's; with `resume`, train the run further to that many steps (as `epochs=` does in epochs).
-    `trackers`: tracker objects that also get every logged event, beside the config's (a study's trials
-    report their validations to Ray Tune through one); their errors are not caught.
+    `trackers=[...]` takes tracker names and objects: an object (with `log(metrics, step)` and `close()`) gets
+    every logged event too, on resume as well (a study's trials report to Ray Tune through one); what it
+    raises ends the run.
     """
+    trackers = tracker_objects(overrides)
     progress = progress or Progress(quiet=quiet)
     if steps is not None and steps < 1:
         raise ConfigError(f"steps must be > 0 (got {steps})")

@@ -2,5 +2,6 @@
 
 from torchkeep.tune.settings import StudyConfig
 from torchkeep.tune.study import StudyResult, tune
+from torchkeep.tune.trial import TuneReporter
 
-__all__ = ["StudyConfig", "StudyResult", "tune"]
+__all__ = ["StudyConfig", "StudyResult", "TuneReporter", "tune"]

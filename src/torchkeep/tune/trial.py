@@ -72,8 +72,9 @@ def run_trial(sampled: dict[str, Any], *, config: RunConfig, settings: dict[str,
             reporter.log({"split": "valid", "epoch": info.get("epochs_done", 0), **info["valid"]}, step=-1)
         return
     own = {k: (v.item() if hasattr(v, "item") else v) for k, v in sampled.items()}  # numpy scalars -> Python
-    train(data, config=config, quiet=True, trackers=[reporter], **{**settings, "run_dir": run_dir, "threads": threads,
-                                                                  "monitor": monitor, **budget, **own})
+    trackers = [*settings.get("trackers", config.track.trackers), reporter]
+    train(data, config=config, quiet=True, **{**settings, "run_dir": run_dir, "threads": threads, "monitor": monitor,
+                                              **budget, **own, "trackers": trackers})
 
 
 def finish_stopped(run_dir: str, key: str, higher: bool) -> bool:
