@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         message = "interrupted"
         if args.command == "train":
             message += ": the last committed checkpoint is intact; continue with --resume"
+        if args.command == "tune":
+            message += f": continue the study with torchkeep tune --resume {args.resume or args.run_dir or 'STUDY_DIR'}"
         print(message, file=sys.stderr)
         return 130
     finally:

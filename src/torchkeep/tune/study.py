@@ -156,6 +156,10 @@ def _run(spec: dict[str, Any], data: Any, dimensions: list[Dimension], progress:
                 run_config=ray_tune.RunConfig(name="ray", storage_path=ray_state, verbose=0,
                                               checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2)))
         grid = tuner.fit()
+        if grid.num_terminated + grid.num_errors < len(grid) or len(grid) < spec["trials_requested"]:
+            # Interrupted (Ctrl-C: Ray Tune saves its state and returns): the study goes on with --resume.
+            write_study(study_dir, {**spec, "status": "interrupted"})
+            raise KeyboardInterrupt
         outcomes = [(trial_dir(study_dir, _trial_id(result)), result.config or {}, result.error) for result in grid]
     higher = spec["mode"] == "max"
     rows = []
@@ -214,8 +218,10 @@ def _task(config: RunConfig, settings: dict[str, Any], data: Any, image_data: bo
         return None  # a parquet dataset (folder, glob, prefix): the first trial reads it
     frame, _, resolved = tables.load_data(resolved, data)
     target = resolved.data.target
-    if target is None or target not in frame.columns:
-        return None  # the trials say what is wrong with the target
+    if target is None:
+        raise ConfigError("no target column: pass --target COLUMN (or target= in Python, [data] target in TOML)")
+    if target not in frame.columns:
+        raise DataError(f"{path or 'data'}: no target column '{target}' (columns: {', '.join(frame.columns)})")
     column = frame[target].drop_nulls()
     kind = kind_of(column.dtype)
     if kind is None:
