@@ -16,6 +16,8 @@ import polars as pl
 import pytest
 import requests
 
+from torchkeep.cli import main
+
 
 @pytest.fixture(scope="module")
 def study(flights_split: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
@@ -42,25 +44,23 @@ def test_asha_stops_trials_that_fall_behind_and_each_keeps_a_bundle(
 
 
 def test_best_evaluates_to_the_metric_the_study_recorded(study: tuple[Path, dict, str], flights_split: tuple[Path, Path],
-                                                         torchkeep: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     directory, recorded, stdout = study
     assert recorded["best"]["value"] == max(t["best"] for t in recorded["trials"])
     assert (directory / "best").resolve() == Path(recorded["best"]["run_dir"]).resolve()
     assert f"best: trial {recorded['best']['trial']}" in stdout
-    done = torchkeep("evaluate", directory / "best", "--data", flights_split[1], "--json", cwd=directory)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["roc_auc"] == pytest.approx(recorded["best"]["value"], abs=1e-6)
+    assert main(["evaluate", str(directory / "best"), "--data", str(flights_split[1]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["roc_auc"] == pytest.approx(recorded["best"]["value"], abs=1e-6)
 
 
-def test_runs_shows_the_leaderboard_and_report_plots_each_trial(
-        study: tuple[Path, dict, str], torchkeep: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+def test_runs_shows_the_leaderboard_and_report_plots_each_trial(study: tuple[Path, dict, str],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     directory, recorded, _ = study
-    board = torchkeep("runs", directory, cwd=directory)
-    assert board.returncode == 0, board.stderr
-    assert "valid_roc_auc" in board.stdout and "stopped early" in board.stdout
-    assert all(t["trial"] in board.stdout for t in recorded["trials"])
-    report = torchkeep("report", directory, cwd=directory)
-    assert report.returncode == 0, report.stderr
+    assert main(["runs", str(directory)]) == 0
+    board = capsys.readouterr().out
+    assert "valid_roc_auc" in board and "stopped early" in board
+    assert all(t["trial"] in board for t in recorded["trials"])
+    assert main(["report", str(directory)]) == 0
     png = directory / "report" / "trials_roc_auc.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
