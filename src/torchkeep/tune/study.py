@@ -191,7 +191,7 @@ def _trial_id(result: Any) -> str:
     trial_id = (result.metrics or {}).get("trial_id")
     if trial_id:
         return str(trial_id)
-    found = re.search(r"_([0-9a-f]+_\d{5})(_|$)", os.path.basename(result.path))
+    found = re.search(r"_([0-9a-f]+_\d{5}|[0-9a-f]{8})(_|$)", os.path.basename(result.path))
     assert found is not None, result.path
     return found.group(1)
 

@@ -28,8 +28,10 @@ STOPPED = "stopped early"  # run.json status of a trial the scheduler stopped
 
 
 def trial_dir(study_dir: str, trial_id: str) -> str:
-    """STUDY/trials/<number>: the number Ray gives the trial within its study ("..._00003" -> "003")."""
-    return f"{study_dir.rstrip('/')}/trials/{int(trial_id.rsplit('_', 1)[-1]):03d}"
+    """STUDY/trials/<number>: the number Ray gives the trial within its study ("..._00003" -> "003") in a random
+    search; a searcher's trials (Optuna) have ids without one and keep them ("d47b2237")."""
+    number = trial_id.rsplit("_", 1)[-1]
+    return f"{study_dir.rstrip('/')}/trials/{f'{int(number):03d}' if '_' in trial_id and number.isdigit() else trial_id}"
 
 
 class TuneReporter:
