@@ -22,11 +22,13 @@ from torchkeep.data.columns import kind_of
 from torchkeep.data.table_fit import target_from
 from torchkeep.errors import ConfigError, DataError, TorchkeepError
 from torchkeep.run import images, tables
+from torchkeep.run.text import TEXT_TRAIN_DEFAULTS
 from torchkeep.run.settings import override
+from torchkeep.training.budget import IMAGE_EPOCHS
 from torchkeep.training.metrics import DEFAULT_MONITOR, HIGHER_IS_BETTER
 from torchkeep.training.progress import Progress
 from torchkeep.tune.cluster import import_ray, ray_session
-from torchkeep.tune.results import best_row, leaderboard, link_best, read_study, trial_row, write_study
+from torchkeep.tune.results import best_row, is_study, leaderboard, link_best, read_study, trial_row, write_study
 from torchkeep.tune.settings import StudyConfig, study_config
 from torchkeep.tune.space import Dimension, parse_space, to_ray
 from torchkeep.tune.trial import finish_stopped, run_trial, trial_dir
@@ -74,13 +76,17 @@ def tune(data: Any = None, *, target: str | None = None, config: RunConfig | Non
     study_dir = os.path.abspath(run_dir) if run_dir and "://" not in run_dir else run_dir
     if study_dir is None:
         study_dir = os.path.abspath(f"studies/study-{time.strftime('%Y%m%d-%H%M%S')}")
-    if os.path.exists(os.path.join(study_dir, "study.json")) if "://" not in study_dir else False:
+    if is_study(study_dir):
         raise ConfigError(f"{study_dir}: a study is there already; continue it with torchkeep tune --resume"
                           f" {study_dir} or choose another --run-dir")
-    image_data = images.is_image_data(override(config, settings), data)
+    resolved = override(config, settings)
+    image_data = images.is_image_data(resolved, data)
     dimensions = parse_space(study.space, images=image_data)
     if image_data and study.steps is not None:
         raise ConfigError("an image study's budget is --epochs per trial; --steps is for tables")
+    if study.epochs is None and study.steps is None and (image_data or _has_text(resolved, data)):
+        # Image and text runs count epochs, not the table budget's steps: their own default, at most.
+        study = dataclasses.replace(study, epochs=IMAGE_EPOCHS if image_data else TEXT_TRAIN_DEFAULTS["epochs"])
     monitor, mode = _monitor(study.monitor, _task(config, settings, data, image_data))
     import_ray(study.search)
     if isinstance(data, str) and "://" not in data:
@@ -90,7 +96,7 @@ def tune(data: Any = None, *, target: str | None = None, config: RunConfig | Non
     for name in PATH_SETTINGS:  # trials run in other processes (and machines): no working directory to lean on
         if isinstance(settings.get(name), str) and "://" not in settings[name]:
             settings[name] = os.path.abspath(settings[name])
-    budget = study.budget(default_epochs=30 if image_data else None)
+    budget = study.budget()
     spec = {"format": "torchkeep.study", "study_dir": study_dir, "status": "running", "created_at": time.time(),
             "metric": f"valid_{monitor}", "monitor": monitor, "mode": mode, "unit": study.unit, "budget": budget,
             "grace_period": study.grace(budget), "reduction_factor": study.reduction_factor,
@@ -202,6 +208,13 @@ def _ray_state_dir(study_dir: str) -> str:
     if "://" not in study_dir:
         return study_dir
     return os.path.abspath(os.path.join(".torchkeep-tune", study_dir.split("://", 1)[1].strip("/").replace("/", "-")))
+
+
+def _has_text(config: RunConfig, data: Any) -> bool:
+    """Whether the trials are text runs: text columns named, or the built-in example's."""
+    if config.data.text_columns:
+        return True
+    return data is None and config.data.path is None and bool(get_example(config.data.example or "flights").text_columns)
 
 
 def _task(config: RunConfig, settings: dict[str, Any], data: Any, image_data: bool) -> str | None:
