@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -65,11 +66,11 @@ def ray_session(study_dir: str, *, address: str | None, gpus: float, message: An
     if ray.is_initialized():  # a caller's own Ray (the library used inside a Ray program): use it, leave it
         yield
         return
+    temp, inside = temp_dir_for(study_dir)
     if address is not None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         message(f"joined the Ray cluster at {address}: {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
     else:
-        temp, inside = temp_dir_for(study_dir)
         if not inside:
             message(f"Ray's temporary files: {temp} (the study directory's path is too long for Ray's sockets)")
         os.makedirs(temp, exist_ok=True)
@@ -81,6 +82,8 @@ def ray_session(study_dir: str, *, address: str | None, gpus: float, message: An
         yield
     finally:
         ray.shutdown()
+        if address is None and not inside:  # Ray's logs stay in a study's ray-tmp, not in the system's temp dir
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def leftover_pids(temp_dir: str) -> list[int]:
