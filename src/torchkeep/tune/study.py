@@ -158,7 +158,7 @@ def _run(spec: dict[str, Any], data: Any, dimensions: list[Dimension], progress:
                 trainable, param_space=to_ray(dimensions),
                 tune_config=ray_tune.TuneConfig(metric=spec["metric"], mode=spec["mode"], num_samples=spec["trials_requested"],
                                                 scheduler=scheduler, search_alg=search,
-                                                max_concurrent_trials=spec["concurrent"], reuse_actors=False),
+                                                max_concurrent_trials=spec["concurrent"], reuse_actors=True),
                 run_config=ray_tune.RunConfig(name="ray", storage_path=ray_state, verbose=0,
                                               checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2)))
         grid = tuner.fit()
