@@ -18,8 +18,6 @@ import pytest
 from torchkeep.data.builtin import get_example
 from torchkeep.tune.cluster import leftover_pids, temp_dir_for
 
-pytest.importorskip("ray.tune", reason="needs the tune extra: pip install 'torchkeep[tune]'")
-
 
 @pytest.fixture(scope="session")
 def flights_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

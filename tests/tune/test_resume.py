@@ -12,6 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+pytest.importorskip("ray.tune", reason="needs the tune extra: pip install 'torchkeep[tune]'")
+
 
 def finished(study: Path) -> dict[str, bytes]:
     """Trials whose run completed: their metrics.jsonl, as it is now."""

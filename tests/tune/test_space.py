@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from ray import tune as ray_tune
 
-from torchkeep.errors import ConfigError
-from torchkeep.tune.settings import StudyConfig, study_config
-from torchkeep.tune.space import parse_space, to_ray
+ray_tune = pytest.importorskip("ray.tune", reason="needs the tune extra: pip install 'torchkeep[tune]'")
+
+from torchkeep.errors import ConfigError  # noqa: E402
+from torchkeep.tune.settings import StudyConfig, study_config  # noqa: E402
+from torchkeep.tune.space import parse_space, to_ray  # noqa: E402
 
 
 def test_a_space_becomes_ray_tune_distributions_over_run_settings() -> None:

@@ -18,6 +18,8 @@ import requests
 
 from torchkeep.cli import main
 
+pytest.importorskip("ray.tune", reason="needs the tune extra: pip install 'torchkeep[tune]'")
+
 
 @pytest.fixture(scope="module")
 def study(flights_split: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
