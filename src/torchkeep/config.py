@@ -1,8 +1,8 @@
 """RunConfig: every setting of a run, composed from each component's own config dataclass.
 
 A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [train.transfer],
-[checkpoint], [track], [vision]; [tune] belongs to `torchkeep tune`); CLI flags override the file; the resolved config is saved in the run
-directory as config.json.
+[checkpoint], [track], [vision]; [tune] belongs to `torchkeep tune`); CLI flags override the file; the
+resolved config is saved in the run directory as config.json.
 """
 
 from __future__ import annotations
