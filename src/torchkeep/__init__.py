@@ -1,7 +1,8 @@
 """torchkeep: train, keep and serve PyTorch models; tables first."""
 
 from torchkeep.version import __version__
-from torchkeep.api import ModelRun, Predictor, RunResult, TensorPredictor, fit, load, train
+from torchkeep.api import (ModelRun, Predictor, RunResult, StudyConfig, StudyResult, TensorPredictor, fit, load, train,
+                           tune)
 from torchkeep.checkpoint import Checkpointer, Restored
 from torchkeep.config import CheckpointConfig, DataConfig, RunConfig, load_toml
 from torchkeep.data import BatchLoader, DatasetLoader, TableSchema
@@ -14,8 +15,9 @@ from torchkeep import deprecated
 __all__ = [
     "BatchLoader", "CheckpointConfig", "CheckpointError", "Checkpointer", "ConfigError", "DataConfig",
     "DataError", "DatasetLoader", "EntityEmbeddingMLP", "FitResult", "ModelRun", "OptimConfig", "Predictor",
-    "Restored", "RunConfig", "RunResult", "StorageError", "TableSchema", "TabularModelConfig", "TensorPredictor",
-    "TorchkeepError", "TrainConfig", "evaluate", "fit", "load", "load_toml", "train",
+    "Restored", "RunConfig", "RunResult", "StorageError", "StudyConfig", "StudyResult", "TableSchema",
+    "TabularModelConfig", "TensorPredictor", "TorchkeepError", "TrainConfig", "evaluate", "fit", "load", "load_toml", "train",
+    "tune",
 ]
 
 deprecated.install()  # old module paths (torchkeep.train.loop, ...) for one release, with a DeprecationWarning

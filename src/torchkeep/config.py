@@ -1,8 +1,8 @@
 """RunConfig: every setting of a run, composed from each component's own config dataclass.
 
 A TOML file maps one to one onto it ([data], [model], [train], [train.optim], [train.transfer],
-[checkpoint], [track], [vision]); CLI flags override the file; the resolved config is saved in the run
-directory as config.json.
+[checkpoint], [track], [vision]; [tune] belongs to `torchkeep tune`); CLI flags override the file; the
+resolved config is saved in the run directory as config.json.
 """
 
 from __future__ import annotations
@@ -185,6 +185,7 @@ def load_toml(path: str) -> RunConfig:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    data.pop("tune", None)  # [tune]: a study's search (torchkeep tune); a run of the same file ignores it
     return dataclasses.replace(RunConfig.from_dict(data, source=path), explicit=frozenset(_setting_names(data)))
 
 

@@ -9,10 +9,11 @@ import argparse
 import logging
 import sys
 
-from torchkeep.cli import checkpoints, convert, datasets, evaluate, export, inspect, predict, report, runs, serve, train
+from torchkeep.cli import (checkpoints, convert, datasets, evaluate, export, inspect, predict, report, runs, serve, train,
+                           tune)
 from torchkeep.errors import TorchkeepError
 
-COMMANDS = (train, evaluate, predict, export, serve, checkpoints, inspect, convert, report, runs, datasets)
+COMMANDS = (train, tune, evaluate, predict, export, serve, checkpoints, inspect, convert, report, runs, datasets)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         message = "interrupted"
         if args.command == "train":
             message += ": the last committed checkpoint is intact; continue with --resume"
+        if args.command == "tune":
+            message += f": continue the study with torchkeep tune --resume {args.resume or args.run_dir or 'STUDY_DIR'}"
         print(message, file=sys.stderr)
         return 130
     finally:

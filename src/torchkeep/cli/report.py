@@ -14,15 +14,17 @@ def add_parser(commands: Any) -> None:
         " roc.png and regression runs predicted_vs_actual.png, from the run's model on its validation split"
         " (rebuilt from the run's data). Needs matplotlib: pip install 'torchkeep[track]'.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run, or a study of `torchkeep tune` (one PNG: the monitored"
+                   " validation metric of every trial over training)")
     p.add_argument("--out", metavar="DIR", help="where the files go (default RUN_DIR/report)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from torchkeep.report import write_report
+    from torchkeep.report.study import is_study_dir, write_study_report
 
-    report = write_report(args.run_dir, args.out)
+    report = (write_study_report if is_study_dir(args.run_dir) else write_report)(args.run_dir, args.out)
     for path in report.files:
         print(path)
     return 0

@@ -11,13 +11,27 @@ def add_parser(commands: Any) -> None:
     p = commands.add_parser("runs", help="list the runs in a directory: task, best metric, epochs, status, when",
                             description="Every run directly under DIR (a directory with run.json), oldest first."
                             " The metric is the one the run monitors (the one it ended with when complete).")
-    p.add_argument("root", nargs="?", default="runs", metavar="DIR", help="default: runs")
+    p.add_argument("root", nargs="?", default="runs", metavar="DIR", help="default: runs; a study directory of"
+                   " `torchkeep tune`: its leaderboard")
     p.add_argument("--json", action="store_true", help="print one JSON object per run")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from torchkeep.report.summary import duration, list_runs, when
+    from torchkeep.tune.results import is_study, leaderboard, read_study
+
+    if is_study(args.root):  # a study of `torchkeep tune`: its leaderboard
+        study = read_study(args.root)
+        if args.json:
+            for row in study.get("trials", []):
+                print(json.dumps(row))
+            return 0
+        from rich.console import Console
+
+        Console().print(leaderboard(study) if study.get("trials") else f"{args.root}: a study that has not ended"
+                        " (continue it with torchkeep tune --resume)")
+        return 0
 
     runs = list_runs(args.root)
     if args.json:

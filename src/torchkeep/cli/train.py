@@ -243,9 +243,8 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "stream", "skip_bad_files")
 
 
-def run(args: argparse.Namespace) -> int:
-    import torchkeep
-    from torchkeep.config import RunConfig, load_toml
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags give, as keyword overrides of the config (`torchkeep tune` takes them too)."""
     from torchkeep.errors import ConfigError
 
     overrides: dict[str, Any] = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
@@ -277,7 +276,15 @@ def run(args: argparse.Namespace) -> int:
         overrides["shuffle_buffer_bytes"] = max(1, int(args.shuffle_buffer_mib * 2**20))
     if args.stream_cache_gib is not None:
         overrides["stream_cache_bytes"] = max(0, int(args.stream_cache_gib * 2**30))
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torchkeep
+    from torchkeep.config import RunConfig, load_toml
+    from torchkeep.errors import ConfigError
+
+    overrides = settings(args)
     if args.resume:
         run_dir = args.resume if isinstance(args.resume, str) else overrides.pop("run_dir", None)
         overrides.pop("run_dir", None)

@@ -122,3 +122,19 @@ def predicted_vs_actual(predicted: np.ndarray, actual: np.ndarray, target: str, 
     axes.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="perfect: predicted = actual")
     axes.legend(loc="upper left", fontsize=8)
     return _png(axes)
+
+
+def study_metric(title: str, metric: str, trials: list[tuple[str, list[dict[str, Any]], str]], best: str | None) -> bytes:
+    """A study's validation `metric` per trial over training: (trial, validation events, status) each; trials
+    a scheduler stopped early dashed, the best trial thick."""
+    axes = _axes(title, ylabel=metric)
+    for name, events, status in trials:
+        steps, values = _series(events, metric)
+        if not steps:
+            continue
+        stopped = status != "complete"
+        axes.plot(steps, values, marker="o", markersize=3, linewidth=2.5 if name == best else 1.2,
+                  linestyle="--" if stopped else "-", alpha=1.0 if name == best else 0.75,
+                  label=f"{name}{' (best)' if name == best else ''}{' stopped' if stopped else ''}")
+    axes.legend(loc="best", fontsize=7, ncol=2)
+    return _png(axes)

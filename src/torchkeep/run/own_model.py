@@ -30,6 +30,7 @@ from torchkeep.export.own_model import export_module
 from torchkeep.models.imported import ARCHITECTURE, constructor_args, import_path, import_problem
 from torchkeep.run.rundir import RunDir, fingerprint
 from torchkeep.run.session import checkpointer_for, train_session
+from torchkeep.run.settings import tracker_objects
 from torchkeep.track import TrackConfig
 from torchkeep.training import loop
 from torchkeep.training.losses import TASKS, LossFn, infer_loss, named_loss
@@ -163,12 +164,15 @@ def fit(
     that optimizer step with a checkpoint, as a kill would (tests, replay).
 
     `**config`: any field of TrainConfig, OptimConfig, CheckpointConfig or TrackConfig, e.g.
-    `epochs=5, batch_size=64, lr=1e-3, early_stopping_patience=3, every_steps=100, trackers=["tensorboard"]`.
+    `epochs=5, batch_size=64, lr=1e-3, early_stopping_patience=3, every_steps=100, trackers=["tensorboard"]`;
+    `trackers` also takes objects with `log(metrics, step)` and `close()`, which get every logged event
+    (`torchkeep.tune.TuneReporter` reports validations to Ray Tune).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be an nn.Module (got {type(model).__name__})")
     if run_dir is None and resume:
         raise ConfigError("resume=True needs the run_dir of the run to continue")
+    extra_trackers = tracker_objects(config)  # trackers=[...] names go to the config, objects get events too
     progress = progress or Progress(quiet=quiet)
     run = RunDir.open(run_dir) if resume else RunDir.new(run_dir, type(model).__name__.lower(),
                                                          resume_hint="resume=True", run_dir_hint="run_dir")
@@ -222,7 +226,8 @@ def fit(
         run, model=model, loss_fn=loss_fn, metrics_fn=metrics_fn, train_loader=train.loader,
         valid_loader=valid.loader if valid else None, train_config=train_config, checkpoint_config=checkpoint_config,
         checkpointer=checkpointer, trackers=track_config.trackers, tracked_config=run.read("config.json"),
-        progress=progress, resume=existing, stop_at_step=stop_at_step, save_bundle=save_bundle)
+        progress=progress, resume=existing, stop_at_step=stop_at_step, save_bundle=save_bundle,
+        extra_trackers=extra_trackers)
     return ModelRun(run_dir=run_dir, model=model, valid=result.valid, history=result.history, state=result.state,
                     bundle=run.bundle if complete else "")
 

@@ -7,7 +7,7 @@ the same things here; what differs at the end (how the bundle is written) comes 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,7 @@ def train_session(
     stop_at_step: int | None,
     save_bundle: Callable[[dict[str, float]], None],
     pretrained: list[str] | None = None,
+    extra_trackers: Sequence[Tracker] = (),
 ) -> tuple[FitResult, bool]:
     """Train, then (unless stopped at `stop_at_step`) `save_bundle(valid metrics)`; run.json records how
     the session ended (complete, stopped, interrupted, failed) whatever happens. (result, completed)."""
@@ -97,7 +98,7 @@ def train_session(
         result = fit(
             model, loss_fn, train_loader, config=train_config, valid_loader=valid_loader, metrics_fn=metrics_fn,
             checkpointer=checkpointer, checkpoint_every_steps=checkpoint_config.every_steps,
-            checkpoint_every_epoch=checkpoint_config.every_epoch, trackers=opened, progress=progress, resume=resume,
+            checkpoint_every_epoch=checkpoint_config.every_epoch, trackers=[*opened, *extra_trackers], progress=progress, resume=resume,
             stop_at_step=stop_at_step, pretrained=pretrained or (),
         )
         if stop_at_step is not None and result.state.step == stop_at_step:

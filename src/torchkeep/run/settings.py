@@ -62,3 +62,16 @@ def read_init_from(config: RunConfig, schema: Any = None) -> tuple[Pretrained | 
         config = dataclasses.replace(config, model=dataclasses.replace(
             config.model, embedding_dims=embedding_dims(pretrained, config.model, schema)))
     return pretrained, config
+
+
+def tracker_objects(overrides: dict[str, Any]) -> list[Any]:
+    """The tracker objects among `overrides["trackers"]` (names stay there: the config's), taken out."""
+    given = overrides.get("trackers")
+    if not isinstance(given, list | tuple) or all(isinstance(t, str) for t in given):
+        return []
+    names = [t for t in given if isinstance(t, str)]
+    if names:
+        overrides["trackers"] = names
+    else:
+        del overrides["trackers"]
+    return [t for t in given if not isinstance(t, str)]

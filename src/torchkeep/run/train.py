@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,9 @@ from torchkeep.run import images, tables, tables_stream, text
 from torchkeep.run.images_transfer import transfer_adapter
 from torchkeep.run.rundir import RunDir
 from torchkeep.run.session import Setup, checkpointer_for, train_session
-from torchkeep.run.settings import override
+from torchkeep.run.settings import override, tracker_objects
 from torchkeep.run.tables_transfer import level_aligner
+from torchkeep.track import Tracker
 from torchkeep.training.metrics import DEFAULT_MONITOR, metrics_for_task
 from torchkeep.training.progress import Progress
 from torchkeep.training.state import TrainState, seed_everything
@@ -58,7 +60,11 @@ def train(
     Keyword overrides name any config field: `epochs=5, lr=3e-3, valid_fraction=0.2, run_dir=...`.
     `steps`: train about this many optimizer steps (rounded up to whole epochs) instead of the table
     budget's; with `resume`, train the run further to that many steps (as `epochs=` does in epochs).
+    `trackers=[...]` takes tracker names and objects: an object (with `log(metrics, step)` and `close()`) gets
+    every logged event too, on resume as well (a study's trials report to Ray Tune through one); what it
+    raises ends the run.
     """
+    trackers = tracker_objects(overrides)
     progress = progress or Progress(quiet=quiet)
     if steps is not None and steps < 1:
         raise ConfigError(f"steps must be > 0 (got {steps})")
@@ -77,7 +83,8 @@ def train(
         if not run.started:  # stopped while being set up: nothing trained, start it over
             config = RunConfig.from_dict(run.read("config.json"), source=f"{resume}/config.json")
             progress.message(f"{resume}: the run stopped before training began; starting it from its saved config")
-            return train(data, config=dataclasses.replace(config, run_dir=resume), quiet=quiet, progress=progress)
+            return train(data, config=dataclasses.replace(config, run_dir=resume), quiet=quiet, progress=progress,
+                         trackers=trackers)
         if images.is_image_run(run):
             setup = images.reopen(run, data, progress)
         else:
@@ -100,11 +107,11 @@ def train(
             else:
                 setup = tables.start(data, config, overrides, progress, steps=steps, dataset=dataset)
     return _session(setup, resuming=resume is not None, extend_to=extend_to, progress=progress,
-                    stop_at_step=stop_at_step, steps=steps)
+                    stop_at_step=stop_at_step, steps=steps, trackers=trackers)
 
 
 def _session(setup: Setup, *, resuming: bool, extend_to: int | None, progress: Progress,
-             stop_at_step: int | None, steps: int | None = None) -> RunResult:
+             stop_at_step: int | None, steps: int | None = None, trackers: Sequence[Tracker] = ()) -> RunResult:
     run, config, schema = setup.run, setup.config, setup.schema
     assert schema.target is not None
     train_loader, valid_loader = setup.loaders()
@@ -140,7 +147,7 @@ def _session(setup: Setup, *, resuming: bool, extend_to: int | None, progress: P
         train_loader=train_loader, valid_loader=valid_loader, train_config=config.train,
         checkpoint_config=config.checkpoint, checkpointer=checkpointer, trackers=config.track.trackers,
         tracked_config=config.to_dict(), progress=progress, resume=resuming, stop_at_step=stop_at_step,
-        save_bundle=save_bundle, pretrained=pretrained)
+        save_bundle=save_bundle, pretrained=pretrained, extra_trackers=trackers)
     return RunResult(run_dir=run.path, valid=result.valid, state=result.state, bundle=run.bundle if complete else "")
 
 

@@ -249,7 +249,6 @@ def fit(
         metrics = evaluate(evaluated, loss_fn, valid_loader, metrics_fn, device)
         train_mode()
         state.last_valid = metrics
-        log_event({"split": "valid", "epoch": train_loader.epoch, **metrics})
         value = metrics.get(monitor)
         if value is None:
             raise ConfigError(f"monitor '{monitor}' is not a validation metric (have: {', '.join(metrics)})")
@@ -272,6 +271,9 @@ def fit(
                                      f" restored, learning rate annealed to 0 over {state.anneal_steps} steps")
                 else:
                     state.stopped_early = True
+        # Logged once its checkpoint (if it is the best yet) is saved: a tracker may end the run here (a study's
+        # scheduler stopping a trial), and the run keeps the best weights it reached.
+        log_event({"split": "valid", "epoch": train_loader.epoch, **metrics})
 
     def load_best() -> bool:
         """The best validation's weights into the model: from memory, else (resumed since) its checkpoint."""
