@@ -82,6 +82,8 @@ def ray_session(study_dir: str, *, address: str | None, gpus: float, message: An
         yield
     finally:
         ray.shutdown()
+        if address is None:  # shutdown returns before every process of the local Ray has exited: none outlives us
+            settle(temp)
         if address is None and not inside:  # Ray's logs stay in a study's ray-tmp, not in the system's temp dir
             shutil.rmtree(temp, ignore_errors=True)
 
@@ -100,6 +102,14 @@ def leftover_pids(temp_dir: str) -> list[int]:
         if any(link.startswith(sessions) for link in links):
             found.append(int(entry))
     return found
+
+
+def settle(temp_dir: str, timeout_s: float = 10.0) -> None:
+    """Wait up to `timeout_s` for the processes of a local Ray that was shut down to exit; stop the rest."""
+    deadline = time.monotonic() + timeout_s
+    while leftover_pids(temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop_leftovers(temp_dir)
 
 
 def stop_leftovers(temp_dir: str, timeout_s: float = 10.0) -> list[int]:
