@@ -15,7 +15,7 @@ NO_BATCH_NORM = '[model]\nbatch_norm = "none"\n'  # per-process batch statistics
 
 
 def test_two_processes_train_a_run_that_one_process_resumes(torchkeep, flights_csv, tmp_path):
-    trained = torchkeep("train", "--data", flights_csv, "--target", "late", "--nproc", 2, "--epochs", 1,
+    trained = torchkeep("train", "--data", flights_csv, "--target", "late", "--nproc", 2, "--epochs", 1, "--threads", 1,
                         "--batch-size", 32, "--run-dir", "run", "--quiet", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert trained.stdout.count("run: run") == 1  # rank 0 alone reports

@@ -91,7 +91,15 @@ def setup(device: str | torch.device = "auto") -> DistEnv:
     cuda = torch.cuda.is_available() if name == "auto" else torch.device(name).type == "cuda"
     if cuda:
         torch.cuda.set_device(env.local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+    # The ranks meet in the launcher's store under a key prefix of their own attempt: workers restarted by
+    # --max-restarts otherwise read the addresses the killed attempt left there and fail to connect.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    tcp = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world_size,
+                        is_master=not agent_store and env.rank == 0, timeout=timeout)
+    store = dist.PrefixStore(f"torchkeep/attempt-{env.restart_count}", tcp)
+    dist.init_process_group(backend="nccl" if cuda else "gloo", store=store, rank=env.rank, world_size=env.world_size,
+                            timeout=timeout)
     return current()
 
 

@@ -59,7 +59,7 @@ class Launch:
 def failure_line(error: ChildFailedError, what: str) -> str:
     """One line for a failed job: which worker ended how."""
     rank, failure = error.get_first_failure()
-    how = f"was killed by {failure.signal_name()}" if failure.signal > 0 else f"exited with status {failure.exitcode}"
+    how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with status {failure.exitcode}"
     return f"{what}: worker rank {rank} {how}; the other workers were stopped"
 
 

@@ -176,8 +176,11 @@ def fit(
                                         step=step)
         if restored is not None:
             state = TrainState.from_dict(restored.extra["train_state"])
-            if state.epochs != config.epochs:  # extended (or shortened) on resume: see extend_schedule
-                scheduler = extend_schedule(config.optim, config.epochs, optimizer, state, steps_per_epoch)
+            # Another number of processes: another global batch, so another number of steps per epoch.
+            regrouped = restored.extra.get("world_size", 1) != env.world_size
+            if state.epochs != config.epochs or regrouped:  # extended (or shortened) on resume: see extend_schedule
+                done = train_loader.epoch * steps_per_epoch + train_loader.position // accum if regrouped else None
+                scheduler = extend_schedule(config.optim, config.epochs, optimizer, state, steps_per_epoch, done)
             if average is not None:
                 average.load_state_dict(restored.extra.get("ema"), f"{checkpointer.storage.uri}/{restored.name}")
             progress.message(f"resumed from {restored.name} (epoch {train_loader.epoch + 1}, "
@@ -250,7 +253,8 @@ def fit(
             checkpointer.save(
                 state.step, model=module, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
                 epoch=train_loader.epoch, metrics={f"valid_{k}": v for k, v in state.last_valid.items()},
-                extra={"train_state": state.to_dict(), **({"transfer": transfer.state_dict()} if transfer.active else {}),
+                extra={"train_state": state.to_dict(), "world_size": env.world_size,
+                       **({"transfer": transfer.state_dict()} if transfer.active else {}),
                        **({"ema": average.state_dict()} if average is not None else {})},
             )
         last_saved = state.step
