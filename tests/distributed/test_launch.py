@@ -63,3 +63,14 @@ def test_fsdp_over_two_processes_ends_with_the_weights_of_one(torchkeep, flights
     assert two["prediction"].to_list() == one["prediction"].to_list()
     for column in (c for c in one.columns if c != "prediction"):
         assert two[column].to_list() == pytest.approx(one[column].to_list(), abs=1e-5)
+
+
+def test_the_library_launches_like_the_cli(make_table, tmp_path):
+    """`torchkeep.train(..., nproc=2)`: the same run as `torchkeep train --nproc 2`, from Python."""
+    from torchkeep import train
+
+    result = train(make_table(rows=300), target="late", nproc=2, epochs=1, batch_size=32, threads=1,
+                   run_dir=str(tmp_path / "run"), quiet=True)
+    assert result.run_dir == str(tmp_path / "run") and result.bundle and 0 <= result.valid["accuracy"] <= 1
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (run["status"], run["world_size"], run["strategy"]) == ("complete", 2, "ddp")

@@ -8,7 +8,6 @@ all again (they resume from the run's last committed checkpoint).
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +70,11 @@ def launch_command(launch: Launch, command: Sequence[str]) -> None:
         raise DistributedError(failure_line(error, f"torchkeep {command[0]}")) from None
 
 
+def call(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """What each worker process runs for `launch_function` (a module-level function: spawn pickles it)."""
+    return function(**kwargs)
+
+
 def launch_function(launch: Launch, function: Callable[..., Any], **kwargs: Any) -> dict[int, Any]:
     """`function(**kwargs)` in every worker process (pickled: module-level functions and plain data);
     {global rank: return value} of this machine's workers."""
@@ -81,6 +85,6 @@ def launch_function(launch: Launch, function: Callable[..., Any], **kwargs: Any)
         rdzv_configs={"rank": launch.node_rank} if launch.rdzv_endpoint else {},
     )
     try:
-        return elastic_launch(config, functools.partial(function, **kwargs))()
+        return elastic_launch(config, call)(function, kwargs)
     except ChildFailedError as error:
         raise DistributedError(failure_line(error, getattr(function, "__name__", "training"))) from None
