@@ -3,19 +3,17 @@
 `torchkeep train --nproc N` re-runs the same command as `torchrun --nproc-per-node N -m torchkeep
 train ...`; the library's `train(..., nproc=N)` hands a function to `elastic_launch`. Either way the
 elastic agent watches the workers: one that dies stops the others, and `max_restarts` starts them
-all again (they resume from the run's last committed checkpoint).
+all again (they resume from the run's last committed checkpoint). The launcher's modules are imported
+when a launch happens, not with torchkeep.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-from torch.distributed.run import main as torchrun_main
+from typing import TYPE_CHECKING, Any
 
 from torchkeep.errors import ConfigError, DistributedError
 
@@ -55,6 +53,10 @@ class Launch:
                 "--rdzv-id=torchkeep"]
 
 
+if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+
 def failure_line(error: ChildFailedError, what: str) -> str:
     """One line for a failed job: which worker ended how."""
     rank, failure = error.get_first_failure()
@@ -64,6 +66,11 @@ def failure_line(error: ChildFailedError, what: str) -> str:
 
 def launch_command(launch: Launch, command: Sequence[str]) -> None:
     """Run `python -m torchkeep COMMAND...` in every worker process through torchrun; raises when one fails."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun_main
+
+    # torch threads per worker are set by torchkeep (cores / local processes); this only quiets torchrun's notice
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         torchrun_main([*launch.torchrun_args(), "-m", "torchkeep", *command])
     except ChildFailedError as error:
@@ -78,6 +85,9 @@ def call(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
 def launch_function(launch: Launch, function: Callable[..., Any], **kwargs: Any) -> dict[int, Any]:
     """`function(**kwargs)` in every worker process (pickled: module-level functions and plain data);
     {global rank: return value} of this machine's workers."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     config = LaunchConfig(
         min_nodes=launch.nnodes, max_nodes=launch.nnodes, nproc_per_node=launch.nproc, max_restarts=launch.max_restarts,
         rdzv_backend="c10d", rdzv_endpoint=launch.rdzv_endpoint or "localhost:0",

@@ -3,12 +3,14 @@
 `wrap` returns what the loop needs: the module to call for training forwards, the module whose
 parameters the optimizer steps and the checkpoint saves, and when gradients are synchronised
 (gradient accumulation: only at the last micro-batch of a group). At the end `gather_into` leaves the
-caller's plain model holding the trained, unsharded weights on every rank.
+caller's plain model holding the trained, unsharded weights on every rank. FSDP2 and
+torch.distributed.checkpoint are imported when first used (they take most of a second to import).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -17,8 +19,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from torchkeep.distributed.env import current
@@ -63,7 +63,11 @@ def wrap(model: nn.Module, strategy: str, device: torch.device) -> Wrapped:
     if strategy == "ddp":
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         return Wrapped(ddp, model, "ddp")
+    from torch.distributed.fsdp import fully_shard
+
     sharded = copy.deepcopy(model)  # the caller's model stays plain: it receives the gathered weights at the end
+    # The loop never changes a model's output in place, the one case that warning is about.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     for child in _shard_units(sharded):
         fully_shard(child)
     fully_shard(sharded)
@@ -84,6 +88,9 @@ def _shard_units(module: nn.Module) -> list[nn.Module]:
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict on every rank, on the CPU; a collective for a sharded module."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
     if isinstance(module, FSDPModule):
         options = StateDictOptions(full_state_dict=True, cpu_offload=False)
         return {k: v.cpu() for k, v in get_model_state_dict(module, options=options).items()}
