@@ -95,6 +95,9 @@ def setup(device: str | torch.device = "auto") -> DistEnv:
     # The ranks meet in the launcher's store under a key prefix of their own attempt: workers restarted by
     # --max-restarts otherwise read the addresses the killed attempt left there and fail to connect.
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise ConfigError(f"WORLD_SIZE is {env.world_size} but MASTER_ADDR / MASTER_PORT are not set: start the processes"
+                          " with torchrun or `torchkeep train --nproc N`, which set them")
     tcp = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world_size,
                         is_master=not agent_store and env.rank == 0, timeout=timeout)
     store = dist.PrefixStore(f"torchkeep/attempt-{env.restart_count}", tcp)
