@@ -151,8 +151,8 @@ def rank_log(run_dir: str) -> Iterator[None]:
              env.local_rank, env.restart_count)
     try:
         yield
-    except BaseException as error:
-        log.error("training session failed: %s: %s", type(error).__name__, error)
+    except BaseException as error:  # into the rank's file (info: the error itself reaches stderr once, as one line)
+        log.info("training session failed: %s: %s", type(error).__name__, error)
         raise
     finally:
         log.removeHandler(handler)
