@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import torchkeep
 
 SCRIPT = Path(__file__).with_name("fit_script.py")
+sys.path.insert(0, str(SCRIPT.parent))
+import fit_script  # noqa: E402  (the script's data, model and settings, for the one-process run)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -27,7 +32,15 @@ def test_fit_in_a_torchrun_script_and_validation_over_shards(tmp_path, strategy)
         # each rank evaluated its share of the 11 batches; gathered, they are the whole validation set
         assert rank["shared"] == pytest.approx(rank["whole"], rel=1e-6, abs=1e-7)
         assert rank["valid"] == pytest.approx(ranks[0]["valid"], rel=1e-6)
-    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6, abs=1e-7)  # one model, both ranks
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # one model in both ranks
+
+    # One process reading the same global batches (batch 50), with the same accumulation and clipping.
+    one = fit_script.new_model()
+    torchkeep.fit(one, *fit_script.data(), loss="bce", run_dir=str(tmp_path / "one"), quiet=True, threads=1,
+                  **{**fit_script.SETTINGS, "batch_size": 50})
+    difference = max((torch.tensor(ranks[0]["weights"][k]) - v.flatten()).abs().max().item()
+                     for k, v in one.state_dict().items())
+    assert difference < 1e-5
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "complete" and run["world_size"] == 2 and run["strategy"] == strategy
     assert ranks[0]["bundle"] and (tmp_path / "run" / "bundle" / "MANIFEST.json").exists()
