@@ -146,9 +146,9 @@ def fit(
     accum = config.grad_accum_steps
     batches_per_epoch = len(train_loader)
     if env.distributed and getattr(train_loader, "world_size", 1) != env.world_size:
-        raise ConfigError(f"{type(train_loader).__name__} does not split its batches between {env.world_size} processes:"
-                          " train from tensors in memory (tables, images within the memory budget, tensors to"
-                          " torchkeep.fit), or in one process")
+        raise ConfigError(f"{type(train_loader).__name__} (a streamed parquet table, or a Dataset read row by row) does not"
+                          f" split its batches between {env.world_size} processes: train it in one process (--nproc 1),"
+                          " or from data in memory (tables, images within the memory budget, tensors to torchkeep.fit)")
     if batches_per_epoch == 0:
         raise ConfigError(f"the training data gives no batch of {config.batch_size} rows (drop_last with too few rows?)")
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
