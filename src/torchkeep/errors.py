@@ -32,3 +32,7 @@ class MissingExtraError(TorchkeepError):
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(f"{package} is not installed: pip install 'torchkeep[{extra}]'")
+
+
+class DistributedError(TorchkeepError):
+    """A multi-process run failed: a worker died, or the processes could not meet."""

@@ -40,11 +40,13 @@ class _OneLine(logging.Formatter):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: `train --nproc N` re-runs it in N workers
     if args.command is None:
         parser.print_help()
         return 0
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
+    handler.setLevel(logging.WARNING)  # a run's per-rank log files take its info lines too
     logger = logging.getLogger("torchkeep")
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)

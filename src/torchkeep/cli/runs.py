@@ -8,7 +8,7 @@ from typing import Any
 
 
 def add_parser(commands: Any) -> None:
-    p = commands.add_parser("runs", help="list the runs in a directory: task, best metric, epochs, status, when",
+    p = commands.add_parser("runs", help="list the runs in a directory: task, best metric, epochs, processes, status, when",
                             description="Every run directly under DIR (a directory with run.json), oldest first."
                             " The metric is the one the run monitors (the one it ended with when complete).")
     p.add_argument("root", nargs="?", default="runs", metavar="DIR", help="default: runs; a study directory of"
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         for r in runs:
             print(json.dumps({"run_dir": r.run_dir, "name": r.name, "task": r.task, "status": r.status,
                               "monitor": r.monitor, "value": r.best_value, "epochs_done": r.epochs_done,
-                              "epochs": r.epochs, "created_at": r.created_at, "seconds": r.seconds}))
+                              "epochs": r.epochs, "created_at": r.created_at, "seconds": r.seconds,
+                              "world_size": r.world_size, "strategy": r.strategy}))
         return 0
     if not runs:
         print(f"{args.root}: no runs")
@@ -47,12 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"runs in {args.root}")
-    for column in ("name", "task", "metric", "epochs", "status", "when", "time"):
+    for column in ("name", "task", "metric", "epochs", "processes", "status", "when", "time"):
         table.add_column(column, justify="right" if column in ("epochs", "time") else "left")
     for r in runs:
         value = r.best_value
         metric = "" if value is None else f"{r.monitor} {value:.4f}"
         epochs = f"{r.epochs_done}/{r.epochs}" if r.epochs else str(r.epochs_done)
-        table.add_row(r.name, r.task or "", metric, epochs, r.status, when(r.created_at), duration(r.seconds))
+        processes = f"{r.world_size} {r.strategy}" if r.strategy else str(r.world_size)
+        table.add_row(r.name, r.task or "", metric, epochs, processes, r.status, when(r.created_at), duration(r.seconds))
     Console().print(table)
     return 0

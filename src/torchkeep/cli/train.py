@@ -19,6 +19,9 @@ EPILOG = """examples:
   torchkeep train --data fashion-mnist/              # a folder of MNIST idx files (*-images-idx3-ubyte[.gz])
   torchkeep train --example reviews                  # text: Amazon fine-food reviews, great or not
   torchkeep train --data reviews.csv --target score --text-column review   # your own text column
+  torchkeep train --nproc 2                          # two processes on this machine (DDP; torchrun underneath)
+  torchkeep train --nproc 4 --strategy fsdp          # parameters sharded between the processes (FSDP2)
+  torchkeep train --nnodes 2 --node-rank 0 --nproc 8 --rdzv-endpoint node0:29400 --run-dir s3://b/runs/r1
 
 A TOML config maps one to one onto the settings: [data] path, target, task, valid_fraction,
 categorical, continuous, drop, scaling, numeric_encoding, numeric_bins, min_level_count, stream, in_memory_bytes,
@@ -228,8 +231,57 @@ def add_parser(commands: Any) -> None:
                           " (torchkeep[wandb]; WANDB_MODE=offline needs no account), jsonl (always on)")
     tracking.add_argument("--log-every-steps", type=int, metavar="N", help="log training loss, lr, rows/s every N"
                           " optimizer steps (default 50); validation is logged each time it runs")
+    processes = p.add_argument_group(
+        "more than one process", "Workers started by torch's elastic launcher (torch.distributed.run), the same as"
+        " `torchrun --nproc-per-node N -m torchkeep train ...`; gloo on CPU, nccl on CUDA (one GPU per process); CPU"
+        " threads split between a machine's processes. Rank 0 writes the run; each rank logs to RUN_DIR/logs/")
+    processes.add_argument("--nproc", type=int, default=1, metavar="N", help="worker processes on this machine (default 1:"
+                           " one process, no launcher)")
+    processes.add_argument("--strategy", choices=["ddp", "fsdp"], help="ddp (default): a whole model per process,"
+                           " gradients averaged; fsdp: FSDP2 fully_shard, parameters and optimizer state split")
+    processes.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines in the job (default 1)")
+    processes.add_argument("--node-rank", type=int, default=0, metavar="K", help="this machine's index, 0 to N-1")
+    processes.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="where the machines meet (c10d rendezvous):"
+                           " a free port on one of them; needed with --nnodes > 1. The run directory must be"
+                           " reachable from every machine (s3:// or a shared file system)")
+    processes.add_argument("--max-restarts", type=int, default=0, metavar="K", help="after a worker fails, start all"
+                           " workers again up to K times; they resume from the last committed checkpoint (needs"
+                           " --run-dir; default 0: the run stops)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=run)
+
+
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--max-restarts")
+
+
+def worker_args(argv: list[str]) -> list[str]:
+    """The command as typed, less the launcher's own flags: what every worker runs."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
+            kept.append(arg)
+    return kept
+
+
+def launch(args: argparse.Namespace) -> bool:
+    """Start the workers when more than one process is asked for (and this is not one of them); True then."""
+    from torchkeep import distributed
+    from torchkeep.errors import ConfigError
+
+    settings = distributed.Launch(nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank,
+                                  rdzv_endpoint=args.rdzv_endpoint, max_restarts=args.max_restarts)
+    if not settings.needed or distributed.in_launched_worker():
+        return False
+    if settings.max_restarts and not (args.run_dir or isinstance(args.resume, str)):
+        raise ConfigError("--max-restarts starts the workers again, and they resume the run in --run-dir: name one"
+                          " (--run-dir DIR)")
+    distributed.launch_command(settings, worker_args(args.argv))
+    return True
 
 
 OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout", "epochs", "batch_size", "lr",
@@ -240,7 +292,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
              "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay", "pool", "scaling",
              "numeric_encoding", "numeric_bins", "ensemble_size", "label_smoothing", "min_level_count", "anneal_on_stall",
-             "stream", "skip_bad_files")
+             "stream", "skip_bad_files", "strategy")
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -280,7 +332,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if launch(args):  # the workers ran the command; rank 0 printed the run's result
+        return 0
     import torchkeep
+    from torchkeep import distributed
     from torchkeep.config import RunConfig, load_toml
     from torchkeep.errors import ConfigError
 
@@ -300,6 +355,11 @@ def run(args: argparse.Namespace) -> int:
         config = load_toml(args.config) if args.config else RunConfig()
         result = torchkeep.train(config=config, target=args.target, quiet=args.quiet, steps=args.steps, **overrides)
     from torchkeep.training.metrics import for_display
+
+    main = distributed.is_main()
+    distributed.teardown()
+    if not main:
+        return 0
 
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in for_display(result.valid).items())
     print(f"run: {result.run_dir}")

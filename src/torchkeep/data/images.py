@@ -149,6 +149,10 @@ class AugmentingLoader:
     def num_rows(self) -> int:
         return self.loader.num_rows
 
+    @property
+    def world_size(self) -> int:
+        return getattr(self.loader, "world_size", 1)
+
     def __len__(self) -> int:
         return len(self.loader)
 

@@ -29,6 +29,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from torchkeep import distributed
 from torchkeep.data.loader import BatchLoader, DatasetLoader
 from torchkeep.errors import ConfigError, DataError
 
@@ -49,6 +50,7 @@ class PairLoader:
 
     epoch = property(lambda self: self.loader.epoch)
     position = property(lambda self: self.loader.position)
+    world_size = property(lambda self: self.loader.world_size)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -163,7 +165,8 @@ def prepare(data: Any, *, what: str, batch_size: int, shuffle: bool, seed: int, 
         rows, size, kind = len(data), batch_size, "dataset"
     elif isinstance(data, (dict, tuple, list)):
         tensors, positional = _tensors(data, what)
-        batches = BatchLoader(tensors, batch_size, shuffle=shuffle, seed=seed)
+        env = distributed.current() if shuffle else distributed.DistEnv()  # training batches: each rank its slice
+        batches = BatchLoader(tensors, batch_size, shuffle=shuffle, seed=seed, rank=env.rank, world_size=env.world_size)
         loader = PairLoader(batches) if positional else batches
         sample = (tensors[INPUT], tensors[TARGET]) if positional else tensors
         rows, size, kind = batches.num_rows, batch_size, "tensors"

@@ -66,38 +66,53 @@ class BatchLoader:
         self.world_size = world_size
         self.epoch = 0
         self.position = 0  # batches already handed out in this epoch
+        self.samples = 0  # samples of this epoch's order handed out, all ranks together
+
+    @property
+    def epoch_rows(self) -> int:
+        """Samples of an epoch's order handed out, all ranks together: a multiple of the world size (at most
+        world - 1 rows, different ones every epoch, wait for the next), and of the global batch with drop_last."""
+        rows = self.num_rows - self.num_rows % self.world_size
+        return rows - rows % (self.batch_size * self.world_size) if self.drop_last else rows
 
     @property
     def rows_per_epoch(self) -> int:
-        rows = self.num_rows // self.world_size
-        return rows - rows % self.batch_size if self.drop_last else rows
+        """This rank's rows of an epoch."""
+        return self.epoch_rows // self.world_size
 
     def __len__(self) -> int:
-        rows = self.num_rows // self.world_size
-        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+        return -(-self.epoch_rows // (self.batch_size * self.world_size))
 
     def _order(self) -> torch.Tensor | None:
-        """Row order of this epoch for this rank, or None when rows are read in place."""
-        if not self.shuffle and self.world_size == 1:
-            return None
+        """Sample order of this epoch, or None when one process reads rows in place."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-            order = torch.randperm(self.num_rows, generator=generator)
-        else:
-            order = torch.arange(self.num_rows)
-        usable = self.num_rows - self.num_rows % self.world_size
-        return order[self.rank : usable : self.world_size]
+            return torch.randperm(self.num_rows, generator=generator)
+        return None if self.world_size == 1 else torch.arange(self.num_rows)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Global batch k is samples [k x world x batch_size, (k + 1) x world x batch_size) of the epoch's order;
+        rank r takes the r-th of its `world` equal slices (the last global batch may be shorter: slices differ by
+        at most one row). One process: consecutive batches, gathered a chunk at a time."""
         order = self._order()
-        count, size, rows = len(self), self.batch_size, self.rows_per_epoch
+        rows, world = self.epoch_rows, self.world_size
         dense = {name: t for name, t in self.tensors.items() if isinstance(t, torch.Tensor)}
         ragged = {name: t for name, t in self.tensors.items() if not isinstance(t, torch.Tensor)}
+        if world > 1:
+            assert order is not None
+            while rows - self.samples >= world:
+                count = min(self.batch_size * world, rows - self.samples)
+                index = order[self.samples + self.rank * count // world : self.samples + (self.rank + 1) * count // world]
+                self.position += 1
+                self.samples += count
+                batch = {name: torch.index_select(t, 0, index) for name, t in dense.items()}
+                yield {name: batch[name] if name in batch else t.take(index) for name, t in self.tensors.items()}
+        size = self.batch_size
         row_bytes = sum(t[:1].nbytes for t in dense.values()) + sum(t.row_bytes for t in ragged.values()) or 1
         chunk_batches = max(1, CHUNK_BYTES // row_bytes // size)
-        while self.position < count:
-            first = self.position * size
-            last = min(rows, (self.position + chunk_batches) * size)
+        while self.samples < rows and world == 1:
+            first = self.samples
+            last = min(rows, first + chunk_batches * size)
             if order is None:
                 index = None
                 chunk = {name: t[first:last] for name, t in dense.items()}
@@ -106,6 +121,7 @@ class BatchLoader:
                 chunk = {name: torch.index_select(t, 0, index) for name, t in dense.items()}
             for start in range(0, last - first, size):
                 self.position += 1
+                self.samples = min(last, first + start + size)
                 batch = {name: t[start : start + size] for name, t in chunk.items()}
                 for name, t in ragged.items():
                     batch[name] = (t[first + start : min(last, first + start + size)] if index is None
@@ -113,9 +129,13 @@ class BatchLoader:
                 yield {name: batch[name] for name in self.tensors}
         self.epoch += 1
         self.position = 0
+        self.samples = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_rows": self.num_rows}
+        """The GLOBAL position (samples of this epoch handed out, every rank's together), the same on every
+        rank, so a resume at another world size continues at exactly the next unseen sample."""
+        return {"epoch": self.epoch, "position": self.position, "samples": self.samples, "seed": self.seed,
+                "num_rows": self.num_rows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("num_rows", self.num_rows) != self.num_rows:
@@ -123,7 +143,10 @@ class BatchLoader:
                 f"loader state is for {state['num_rows']} rows but the data has {self.num_rows}:"
                 " the data changed since the checkpoint was written"
             )
-        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
+        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
+        # Checkpoints from before sharding hold the position only (one process, whole batches).
+        self.samples = int(state.get("samples", int(state["position"]) * self.batch_size))
+        self.position = -(-self.samples // (self.batch_size * self.world_size))
 
 
 def _unwrapped(error: DataError) -> DataError:

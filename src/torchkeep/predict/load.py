@@ -12,7 +12,7 @@ from torchkeep.predict.own_model import TensorPredictor, load_own_model, load_un
 from torchkeep.predict.predictor import Predictor
 from torchkeep.storage import open_storage
 from torchkeep.storage.jsonfile import read_json
-from torchkeep.training.loop import check_device, resolve_device
+from torchkeep.training.evaluate import check_device, resolve_device
 
 
 def load(path: str, *, device: str = "cpu") -> Predictor | TensorPredictor:

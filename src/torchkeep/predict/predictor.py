@@ -22,7 +22,7 @@ from torchkeep.data.text import check_texts
 from torchkeep.models.build import loss_for_task
 from torchkeep.predict.images import read_for_predict
 from torchkeep.predict.scripted import SmallBatchModel
-from torchkeep.training.loop import predict_outputs
+from torchkeep.training.evaluate import predict_outputs
 from torchkeep.training.metrics import metrics_for_task
 
 EVAL_BATCH_ROWS = 65_536

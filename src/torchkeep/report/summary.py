@@ -31,6 +31,8 @@ class RunSummary:
     valid: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)  # run.json: the metrics the run ended with
     columns: list[str] = field(default_factory=list)  # schema.json notes: columns dropped or re-read, and why
+    world_size: int = 1  # processes of its last training session (run.json)
+    strategy: str | None = None  # ddp | fsdp with more than one process
 
     @property
     def epochs(self) -> int | None:
@@ -112,6 +114,7 @@ def summarize_run(run_dir: str, *, require_metrics: bool = True) -> RunSummary:
         created_at=run.get("created_at"), seconds=run.get("seconds"), monitor=monitor, higher=higher,
         train=_by_step(records, "train"), valid=_by_step(records, "valid"), final=run.get("valid") or {},
         columns=[f"`{n['column']}` {n['action']}: {n['reason']}" for n in schema.get("notes", [])],
+        world_size=run.get("world_size") or 1, strategy=run.get("strategy"),
     )
 
 

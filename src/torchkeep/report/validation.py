@@ -20,7 +20,7 @@ from torchkeep.run import tables_stream
 from torchkeep.run.rundir import RunDir
 from torchkeep.run.tables import load_data, split, table_fingerprint
 from torchkeep.storage import open_storage
-from torchkeep.training.loop import predict_outputs
+from torchkeep.training.evaluate import predict_outputs
 from torchkeep.training.metrics import metrics_for_task
 
 log = logging.getLogger("torchkeep")

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from torchkeep import distributed
 from torchkeep.bundle import write_bundle
 from torchkeep.config import CheckpointConfig
 from torchkeep.data.inputs import Prepared, describe_inputs, prepare, sample_target
@@ -173,9 +174,13 @@ def fit(
     if run_dir is None and resume:
         raise ConfigError("resume=True needs the run_dir of the run to continue")
     extra_trackers = tracker_objects(config)  # trackers=[...] names go to the config, objects get events too
-    progress = progress or Progress(quiet=quiet)
-    run = RunDir.open(run_dir) if resume else RunDir.new(run_dir, type(model).__name__.lower(),
-                                                         resume_hint="resume=True", run_dir_hint="run_dir")
+    env = distributed.setup(config.get("device", "auto"))  # a script started by torchrun: one call per process
+    progress = (progress or Progress(quiet=quiet)) if env.rank == 0 else Progress(quiet=True)
+    if env.rank != 0:  # rank 0 sets the run up (or reopens it), then the others open it
+        run = RunDir.open(distributed.broadcast_object(None))
+    else:
+        run = RunDir.open(run_dir) if resume else RunDir.new(run_dir, type(model).__name__.lower(),
+                                                             resume_hint="resume=True", run_dir_hint="run_dir")
     existing = run.started  # run.json is written last when a run is set up
     if existing:
         spec = run.read("model.json") if run.exists("model.json") else {}
@@ -209,6 +214,8 @@ def fit(
                                           task=task, loss_name=loss_name, inputs=inputs, found=found,
                                           validated=valid is not None)
 
+    if env.distributed and env.rank == 0:
+        distributed.broadcast_object(run.path)
     monitor = train_config.monitor or "loss"
     mode = train_config.monitor_mode or ("max" if monitor in HIGHER_IS_BETTER else "min")
     checkpointer = checkpointer_for(run, checkpoint_config, (f"valid_{monitor}", mode) if valid is not None else None)

@@ -77,10 +77,12 @@ class RunDir:
         self.write("model.json", model)
         self.write("run.json", {"status": "running", "created_at": time.time(), "data": data})
 
-    def finish(self, status: str, started: float, valid: dict[str, float] | None) -> None:
-        """run.json at the end of a training session: its status, the seconds it added, final metrics."""
+    def finish(self, status: str, started: float, valid: dict[str, float] | None, **session: Any) -> None:
+        """run.json at the end of a training session: its status, the seconds it added, final metrics, and
+        `session` fields (world_size, strategy)."""
         run = self.read("run.json")
-        run.update(status=status, updated_at=time.time(), seconds=run.get("seconds", 0) + time.time() - started)
+        run.update(status=status, updated_at=time.time(), seconds=run.get("seconds", 0) + time.time() - started,
+                   **session)
         if valid is not None:
             run["valid"] = valid
         self.write("run.json", run)

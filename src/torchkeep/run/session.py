@@ -6,13 +6,17 @@ the same things here; what differs at the end (how the bundle is written) comes 
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from torchkeep import distributed
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.config import CheckpointConfig, RunConfig
 from torchkeep.data.images import AugmentingLoader, ImageFileDataset
@@ -25,6 +29,8 @@ from torchkeep.training.loop import FitResult, TrainConfig, fit
 from torchkeep.training.metrics import MetricFn
 from torchkeep.training.progress import Progress
 from torchkeep.training.transfer import Pretrained
+
+log = logging.getLogger("torchkeep")
 
 
 @dataclass
@@ -50,7 +56,9 @@ class Setup:
             return self.stream_loaders
         if self.streamed is None:
             assert self.train_tensors is not None and self.valid_tensors is not None
-            loader: Any = BatchLoader(self.train_tensors, train.batch_size, shuffle=True, seed=train.seed)
+            env = distributed.current()  # each process its slice of every global batch
+            loader: Any = BatchLoader(self.train_tensors, train.batch_size, shuffle=True, seed=train.seed,
+                                      rank=env.rank, world_size=env.world_size)
             valid: Any = BatchLoader(self.valid_tensors, eval_batch_rows(self.valid_tensors), shuffle=False)
         else:
             knobs = {"num_workers": data.num_workers, "pin_memory": data.pin_memory,
@@ -89,31 +97,66 @@ def train_session(
     extra_trackers: Sequence[Tracker] = (),
 ) -> tuple[FitResult, bool]:
     """Train, then (unless stopped at `stop_at_step`) `save_bundle(valid metrics)`; run.json records how
-    the session ended (complete, stopped, interrupted, failed) whatever happens. (result, completed)."""
+    the session ended (complete, stopped, interrupted, failed) whatever happens. (result, completed).
+    With more than one process every rank trains; rank 0 alone writes trackers, the bundle and run.json."""
     opened: list[Tracker] = []
     status, valid = "failed", None
     started = time.time()
+    main = distributed.is_main()
+    with rank_log(run.path):
+        try:
+            opened = build_trackers(trackers, run.path, tracked_config) if main else []
+            result = fit(
+                model, loss_fn, train_loader, config=train_config, valid_loader=valid_loader, metrics_fn=metrics_fn,
+                checkpointer=checkpointer, checkpoint_every_steps=checkpoint_config.every_steps,
+                checkpoint_every_epoch=checkpoint_config.every_epoch, progress=progress,
+                trackers=[*opened, *extra_trackers] if main else [],
+                resume=resume, stop_at_step=stop_at_step, pretrained=pretrained or (),
+            )
+            if stop_at_step is not None and result.state.step == stop_at_step:
+                status = "stopped"
+            else:
+                if main:
+                    save_bundle(result.valid)
+                status, valid = "complete", result.valid
+                for loader in (train_loader, valid_loader):  # a finished run keeps no decoded copy of its data
+                    if isinstance(loader, StreamLoader):
+                        loader.drop_cache()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            checkpointer.close()
+            close_trackers(opened)
+            if main:
+                run.finish(status, started, valid, **distributed.describe(train_config.strategy))
+            log.info("training session %s after %.1f s", status, time.time() - started)
+    return result, status == "complete"
+
+
+@contextmanager
+def rank_log(run_dir: str) -> Iterator[None]:
+    """With more than one process, each rank's torchkeep log lines (warnings, how its session ended) also go to
+    RUN_DIR/logs/rank-K.log (local run directories; an s3:// run's ranks log to their stderr only)."""
+    env = distributed.current()
+    if not env.distributed or "://" in run_dir:
+        yield
+        return
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    handler = logging.FileHandler(os.path.join(run_dir, "logs", f"rank-{env.rank}.log"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s rank {env.rank}/{env.world_size} %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(min(level or logging.WARNING, logging.INFO))
+    log.info("training session started: rank %d of %d (local rank %d), restart %d", env.rank, env.world_size,
+             env.local_rank, env.restart_count)
     try:
-        opened = build_trackers(trackers, run.path, tracked_config)
-        result = fit(
-            model, loss_fn, train_loader, config=train_config, valid_loader=valid_loader, metrics_fn=metrics_fn,
-            checkpointer=checkpointer, checkpoint_every_steps=checkpoint_config.every_steps,
-            checkpoint_every_epoch=checkpoint_config.every_epoch, trackers=[*opened, *extra_trackers], progress=progress, resume=resume,
-            stop_at_step=stop_at_step, pretrained=pretrained or (),
-        )
-        if stop_at_step is not None and result.state.step == stop_at_step:
-            status = "stopped"
-        else:
-            save_bundle(result.valid)
-            status, valid = "complete", result.valid
-            for loader in (train_loader, valid_loader):  # a finished run keeps no decoded copy of its data
-                if isinstance(loader, StreamLoader):
-                    loader.drop_cache()
-    except KeyboardInterrupt:
-        status = "interrupted"
+        yield
+    except BaseException as error:  # into the rank's file (info: the error itself reaches stderr once, as one line)
+        log.info("training session failed: %s: %s", type(error).__name__, error)
         raise
     finally:
-        checkpointer.close()
-        close_trackers(opened)
-        run.finish(status, started, valid)
-    return result, status == "complete"
+        log.removeHandler(handler)
+        log.setLevel(level)
+        handler.close()

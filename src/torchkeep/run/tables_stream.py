@@ -33,7 +33,7 @@ from torchkeep.run.session import Setup
 from torchkeep.run.settings import override, read_init_from, with_monitor
 from torchkeep.run.tables import ARCHITECTURE, apply_budget
 from torchkeep.run.tables_transfer import level_aligner
-from torchkeep.training.loop import check_device
+from torchkeep.training.evaluate import check_device
 from torchkeep.training.progress import Progress
 from torchkeep.training.transfer import check_transfer
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from torchkeep import distributed
 from torchkeep.bundle import write_bundle
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.config import RunConfig
@@ -53,6 +54,8 @@ def train(
     progress: Progress | None = None,
     stop_at_step: int | None = None,
     steps: int | None = None,
+    nproc: int = 1,
+    max_restarts: int = 0,
     **overrides: Any,
 ) -> RunResult:
     """Train a run from a path, a frame or the built-in example; or continue one (`resume=RUN_DIR`).
@@ -63,9 +66,29 @@ def train(
     `trackers=[...]` takes tracker names and objects: an object (with `log(metrics, step)` and `close()`) gets
     every logged event too, on resume as well (a study's trials report to Ray Tune through one); what it
     raises ends the run.
+    `nproc`: train in that many processes on this machine (torch's elastic launcher, as `torchkeep train
+    --nproc N`; strategy="ddp" | "fsdp"); `max_restarts`: start them again after a failure, resuming the run
+    in `run_dir` from its last checkpoint. Also works in a script started by torchrun (one call per process).
     """
     trackers = tracker_objects(overrides)
-    progress = progress or Progress(quiet=quiet)
+    launch = distributed.Launch(nproc=nproc, max_restarts=max_restarts)
+    if launch.needed and not distributed.in_launched_worker():
+        if max_restarts and resume is None and not (overrides.get("run_dir") or (config and config.run_dir)):
+            raise ConfigError("max_restarts starts the workers again, and they resume the run in run_dir: name one")
+        results = distributed.launch_function(launch, train, data=data, target=target, config=config, resume=resume,
+                                              quiet=quiet, stop_at_step=stop_at_step, steps=steps, **overrides)
+        return results[0]
+    env = distributed.setup(overrides.get("device") or (config.train.device if config else "auto"))
+    progress = (progress or Progress(quiet=quiet)) if env.rank == 0 else Progress(quiet=True)
+    if resume is None and env.restart_count > 0:  # started again by the elastic agent: continue the run
+        run_dir = overrides.get("run_dir") or (config.run_dir if config else None)
+        if run_dir is not None and RunDir.open(run_dir).started:
+            progress.message(f"restart {env.restart_count}: resuming {run_dir} from its last committed checkpoint")
+            return train(data, resume=run_dir, progress=progress, stop_at_step=stop_at_step, trackers=trackers)
+    if resume is None and env.rank != 0:  # rank 0 sets a new run up, then the others open it
+        run = RunDir.open(distributed.broadcast_object(None))
+        return _session(_reopen(run, data, progress), resuming=False, extend_to=None, progress=progress,
+                        stop_at_step=stop_at_step, trackers=trackers)
     if steps is not None and steps < 1:
         raise ConfigError(f"steps must be > 0 (got {steps})")
     extend_to = overrides.pop("epochs", None) if resume is not None else None
@@ -85,10 +108,7 @@ def train(
             progress.message(f"{resume}: the run stopped before training began; starting it from its saved config")
             return train(data, config=dataclasses.replace(config, run_dir=resume), quiet=quiet, progress=progress,
                          trackers=trackers)
-        if images.is_image_run(run):
-            setup = images.reopen(run, data, progress)
-        else:
-            setup = tables_stream.reopen(run, data) if tables_stream.is_stream_run(run) else tables.reopen(run, data)
+        setup = _reopen(run, data, progress)
     else:
         config = config or RunConfig()
         if target is not None:
@@ -107,11 +127,20 @@ def train(
             else:
                 setup = tables.start(data, config, overrides, progress, steps=steps, dataset=dataset)
     return _session(setup, resuming=resume is not None, extend_to=extend_to, progress=progress,
-                    stop_at_step=stop_at_step, steps=steps, trackers=trackers)
+                    stop_at_step=stop_at_step, steps=steps, announce=resume is None and env.distributed,
+                    trackers=trackers)
+
+
+def _reopen(run: RunDir, data: Any, progress: Progress) -> Setup:
+    if images.is_image_run(run):
+        return images.reopen(run, data, progress)
+    return tables_stream.reopen(run, data) if tables_stream.is_stream_run(run) else tables.reopen(run, data)
 
 
 def _session(setup: Setup, *, resuming: bool, extend_to: int | None, progress: Progress,
-             stop_at_step: int | None, steps: int | None = None, trackers: Sequence[Tracker] = ()) -> RunResult:
+             stop_at_step: int | None, steps: int | None = None, announce: bool = False,
+             trackers: Sequence[Tracker] = ()) -> RunResult:
+    """`announce`: rank 0 of a new multi-process run tells the others where the run is, once it is set up."""
     run, config, schema = setup.run, setup.config, setup.schema
     assert schema.target is not None
     train_loader, valid_loader = setup.loaders()
@@ -137,6 +166,8 @@ def _session(setup: Setup, *, resuming: bool, extend_to: int | None, progress: P
     pretrained = _init_from(model, config, schema, run, checkpointer, progress, resuming, setup.pretrained)
     progress.message(f"training {task} model on {train_loader.num_rows:,} rows ({valid_loader.num_rows:,} for validation)"
                      f" -> {run.path}")
+    if announce:
+        distributed.broadcast_object(run.path)
 
     def save_bundle(valid: dict[str, float]) -> None:
         write_bundle(run.storage, model=model.cpu(), architecture=setup.architecture, model_args=setup.model_args,
@@ -162,7 +193,8 @@ def _extend(run: RunDir, config: RunConfig, epochs: int, progress: Progress) -> 
     if epochs != config.train.epochs:
         progress.message(f"extending {run.path} from {config.train.epochs} to {epochs} epochs")
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
-    run.write("config.json", config.to_dict())
+    if distributed.is_main():
+        run.write("config.json", config.to_dict())
     return config
 
 

@@ -17,9 +17,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from torchkeep import distributed
 from torchkeep.checkpoint import Checkpointer
 from torchkeep.errors import CheckpointError, ConfigError
 from torchkeep.track import Tracker
+from torchkeep.training.evaluate import check_device, evaluate, forward, resolve_device
 from torchkeep.training.ema import WeightAverage, ema_weights
 from torchkeep.training.metrics import HIGHER_IS_BETTER, MetricFn
 from torchkeep.training.optim import OptimConfig, build_optimizer, build_scheduler
@@ -56,6 +58,9 @@ class TrainConfig:
     # At the first stall (early_stopping_patience validations without a better one), restore the best
     # weights and anneal the learning rate to zero before stopping (training/anneal.py). False: stop there.
     anneal_on_stall: bool = False
+    # With more than one process (torchrun, --nproc N): ddp keeps a whole model in every process and averages
+    # gradients; fsdp (FSDP2 fully_shard) splits parameters, gradients and optimizer state between them.
+    strategy: str = "ddp"
     optim: OptimConfig = field(default_factory=OptimConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
@@ -73,6 +78,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0 (got {value})")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ConfigError(f"clip_grad_norm must be > 0 (got {self.clip_grad_norm})")
+        distributed.check_strategy(self.strategy)
         check_device(self.device, available=False)  # whether this machine has it: when a run starts
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999 (the weights of about the last"
@@ -102,66 +108,6 @@ class Loader(Sized, Iterable[Any], Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def check_device(name: str, *, available: bool = True) -> None:
-    """A device name torch knows, and (`available`) one this machine has. Runs check it before they write
-    anything; a config is only checked by name, so a run trained on a GPU still reports and loads on a laptop."""
-    if name == "auto":
-        return
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {name!r})") from None
-    if not available:
-        return
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name}: this torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu, or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {name}: this torch has no MPS (Apple GPU) backend; use --device cpu, or auto")
-
-
-def resolve_device(name: str) -> torch.device:
-    check_device(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-
-
-def forward(model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(outputs, target) for one batch in either batch convention."""
-    if isinstance(batch, dict):
-        inputs = {k: _to(v, device) for k, v in batch.items() if k != "target"}
-        return model(**inputs), _to(batch["target"], device)
-    inputs, target = batch
-    return model(_to(inputs, device)), _to(target, device)
-
-
-@torch.no_grad()
-def predict_outputs(model: nn.Module, loader: Iterable[Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    outputs, targets = [], []
-    for batch in loader:
-        output, target = forward(model, batch, device)
-        outputs.append(output.float().cpu())
-        targets.append(target.cpu())
-    return torch.cat(outputs), torch.cat(targets)
-
-
-def evaluate(model: nn.Module, loss_fn: Callable[..., torch.Tensor], loader: Iterable[Any],
-             metrics_fn: MetricFn | None = None, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Loss and metrics over a whole loader, computed once on all outputs (not averaged per batch)."""
-    outputs, targets = predict_outputs(model, loader, torch.device(device))
-    metrics = {"loss": loss_fn(outputs, targets).item()}
-    if metrics_fn is not None:
-        metrics.update(metrics_fn(outputs, targets))
-    return metrics
-
-
 def fit(
     model: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
@@ -186,18 +132,23 @@ def fit(
     `pretrained` names the parameters loaded from elsewhere (`config.transfer.backbone_lr_mult`).
     With `config.ema_decay`, validation, the best pick and the weights `model` ends with are the EMA's.
     """
-    progress = progress or Progress(quiet=True)
-    trackers = list(trackers)
-    device = resolve_device(config.device)
+    env = distributed.setup(config.device)  # joins torchrun's process group when there is one
+    progress = progress if progress is not None and env.rank == 0 else Progress(quiet=True)
+    trackers = list(trackers) if env.rank == 0 else []  # rank 0 alone reports
+    device = distributed.device_for(config.device) or resolve_device(config.device)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    if config.threads is not None or env.distributed:
+        torch.set_num_threads(config.threads or env.threads)
     seed_everything(config.seed)
     model.to(device)
 
     accum = config.grad_accum_steps
     batches_per_epoch = len(train_loader)
+    if env.distributed and getattr(train_loader, "world_size", 1) != env.world_size:
+        raise ConfigError(f"{type(train_loader).__name__} (a streamed parquet table, or a Dataset read row by row) does not"
+                          f" split its batches between {env.world_size} processes: train it in one process (--nproc 1),"
+                          " or from data in memory (tables, images within the memory budget, tensors to torchkeep.fit)")
     if batches_per_epoch == 0:
         raise ConfigError(f"the training data gives no batch of {config.batch_size} rows (drop_last with too few rows?)")
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
@@ -205,11 +156,15 @@ def fit(
     transfer = TransferPlan(model, config.transfer, pretrained)
     if transfer.active:
         transfer.apply()
-    parameters = transfer.param_groups(config.optim.lr) if transfer.active else model.parameters()
+    distributed.refuse_unsupported(config.strategy, ema=config.ema_decay is not None, transfer=transfer.active)
+    wrapped = distributed.wrap(model, config.strategy, device)
+    module = wrapped.module  # the model (one process, ddp) or its sharded copy (fsdp): stepped and checkpointed
+    parameters = transfer.param_groups(config.optim.lr) if transfer.active else module.parameters()
     optimizer = build_optimizer(config.optim, parameters)
     scheduler = build_scheduler(config.optim, optimizer, steps_per_epoch * state.epochs)
     average = WeightAverage(model, config.ema_decay) if config.ema_decay is not None else None
-    evaluated = average.module if average is not None else model  # validated, best-picked and kept at the end
+    evaluated = average.module if average is not None else module  # validated, best-picked and kept at the end
+    share = distributed.eval_share(wrapped.strategy)  # (rank, world): each rank validates a share of the batches
 
     if resume and checkpointer is not None:
         step = None
@@ -217,12 +172,15 @@ def fit(
             # Unfrozen before that checkpoint: its optimizer state has the unfrozen groups too.
             transfer.load_state_dict(saved.extra.get("transfer"), optimizer, scheduler)
             step = saved.step
-        restored = checkpointer.restore(model=model, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
+        restored = checkpointer.restore(model=module, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
                                         step=step)
         if restored is not None:
             state = TrainState.from_dict(restored.extra["train_state"])
-            if state.epochs != config.epochs:  # extended (or shortened) on resume: see extend_schedule
-                scheduler = extend_schedule(config.optim, config.epochs, optimizer, state, steps_per_epoch)
+            # Another number of processes: another global batch, so another number of steps per epoch.
+            regrouped = restored.extra.get("world_size", 1) != env.world_size
+            if state.epochs != config.epochs or regrouped:  # extended (or shortened) on resume: see extend_schedule
+                done = train_loader.epoch * steps_per_epoch + train_loader.position // accum if regrouped else None
+                scheduler = extend_schedule(config.optim, config.epochs, optimizer, state, steps_per_epoch, done)
             if average is not None:
                 average.load_state_dict(restored.extra.get("ema"), f"{checkpointer.storage.uri}/{restored.name}")
             progress.message(f"resumed from {restored.name} (epoch {train_loader.epoch + 1}, "
@@ -246,7 +204,7 @@ def fit(
         if valid_loader is None or validated_step == state.step:
             return
         validated_step = state.step
-        metrics = evaluate(evaluated, loss_fn, valid_loader, metrics_fn, device)
+        metrics = evaluate(evaluated, loss_fn, valid_loader, metrics_fn, device, share)
         train_mode()
         state.last_valid = metrics
         value = metrics.get(monitor)
@@ -280,35 +238,38 @@ def fit(
         weights = best_weights
         if weights is None:
             try:
-                best = checkpointer.restore(model=model, step=state.best_step, restore_rng=False)  # type: ignore[union-attr]
+                best = checkpointer.restore(model=module, step=state.best_step, restore_rng=False)  # type: ignore[union-attr]
             except (CheckpointError, AttributeError) as error:
                 log.warning("keeping the last weights: the best ones (step %s) are gone: %s", state.best_step, error)
                 return False
             weights = ema_weights(best.extra if best else None) if average is not None else None
         if weights is not None:
-            model.load_state_dict(weights)
+            module.load_state_dict(weights)
         return True
 
     def save() -> None:
         nonlocal last_saved
         if checkpointer is None or last_saved == state.step:
             return
-        checkpointer.save(
-            state.step, model=model, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
-            epoch=train_loader.epoch, metrics={f"valid_{k}": v for k, v in state.last_valid.items()},
-            extra={"train_state": state.to_dict(), **({"transfer": transfer.state_dict()} if transfer.active else {}),
-                   **({"ema": average.state_dict()} if average is not None else {})},
-        )
+        if distributed.saves_checkpoints(wrapped):
+            checkpointer.save(
+                state.step, model=module, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
+                epoch=train_loader.epoch, metrics={f"valid_{k}": v for k, v in state.last_valid.items()},
+                extra={"train_state": state.to_dict(), "world_size": env.world_size,
+                       **({"transfer": transfer.state_dict()} if transfer.active else {}),
+                       **({"ema": average.state_dict()} if average is not None else {})},
+            )
         last_saved = state.step
 
     def finish(valid: dict[str, float]) -> FitResult:
         """The model ends with the weights it was validated with: the average's, when there is one."""
         if average is not None:
             model.load_state_dict(average.weights())
+        distributed.gather_into(model, wrapped)  # fsdp: the whole weights into the caller's model, every rank
         return FitResult(state=state, valid=valid, history=history)
 
     def train_mode() -> None:
-        model.train()
+        wrapped.forward_module.train()
         transfer.hold_frozen_norms()
 
     train_mode()
@@ -328,17 +289,19 @@ def fit(
             position = train_loader.position  # 1-based index of this batch within the epoch
             group_start = (position - 1) // accum * accum
             group_size = min(accum, batches_per_epoch - group_start)
-            output, target = forward(model, batch, device)
-            loss = loss_fn(output, target)
-            (loss / group_size).backward()
+            final = position - group_start >= group_size  # the group's last micro-batch: the optimizer steps
+            with wrapped.micro_batch(final):  # gradients synchronised between processes at the final one only
+                output, target = forward(wrapped.forward_module, batch, device)
+                loss = loss_fn(output, target)
+                (loss / group_size).backward()
             window_loss += loss.detach()
             window_batches += 1
             window_rows += len(target)
             progress.update(len(target))
-            if position - group_start < group_size:
+            if not final:
                 continue
-            if config.clip_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+            if config.clip_grad_norm is not None:  # over DTensor gradients too (fsdp): the norm of the whole model
+                nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if average is not None:
@@ -393,5 +356,6 @@ def fit(
     if checkpointer is not None:
         checkpointer.wait()
     if restore_best and state.best_step is not None and state.best_step != state.step and load_best():
+        distributed.gather_into(model, wrapped)
         return FitResult(state=state, valid=state.best_valid, history=history)
     return finish(state.last_valid)

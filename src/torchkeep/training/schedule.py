@@ -41,20 +41,24 @@ def annealed(state: TrainState) -> bool:
 
 
 def extend_schedule(config: OptimConfig, epochs: int, optimizer: torch.optim.Optimizer, state: TrainState,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+                    steps_per_epoch: int, done: int | None = None) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A resumed run given another number of epochs: the schedule is rebuilt for the new total and moved
     to the step the run has reached, so the rest of the run follows the schedule of a run started with
     the new budget (identical to one with a constant schedule; one-cycle and cosine resume at the
     learning rate the longer schedule has at that step). Early stopping starts counting again, and an
-    annealing after a stall is over: the longer schedule decides the learning rate again."""
+    annealing after a stall is over: the longer schedule decides the learning rate again.
+
+    Also a run resumed with another number of processes: the batch size is per process, so an epoch has
+    another number of optimizer steps; `done` is the steps of the new size the run has covered."""
     for group in optimizer.param_groups:  # each group's configured rate, as when a run starts
         group["lr"] = group.get("max_lr", group.get("initial_lr", group["lr"]))  # one-cycle's peak; cosine's base
     scheduler = build_scheduler(config, optimizer, steps_per_epoch * epochs)
     if scheduler is not None:
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no update is due here
             warnings.simplefilter("ignore", UserWarning)
-            for _ in range(state.step):
+            for _ in range(state.step if done is None else done):
                 scheduler.step()
-    state.epochs, state.stopped_early, state.bad_evaluations = epochs, False, 0
-    state.anneal_start, state.anneal_steps, state.anneal_lr = None, 0, []
+    if epochs != state.epochs:
+        state.epochs, state.stopped_early, state.bad_evaluations = epochs, False, 0
+        state.anneal_start, state.anneal_steps, state.anneal_lr = None, 0, []
     return scheduler
