@@ -84,7 +84,8 @@ def train(
         run_dir = overrides.get("run_dir") or (config.run_dir if config else None)
         if run_dir is not None and RunDir.open(run_dir).started:
             progress.message(f"restart {env.restart_count}: resuming {run_dir} from its last committed checkpoint")
-            return train(data, resume=run_dir, progress=progress, stop_at_step=stop_at_step, trackers=trackers)
+            return train(data, resume=run_dir, progress=progress, stop_at_step=stop_at_step,
+                         **({"trackers": trackers} if trackers else {}))
     if resume is None and env.rank != 0:  # rank 0 sets a new run up, then the others open it
         run = RunDir.open(distributed.broadcast_object(None))
         return _session(_reopen(run, data, progress), resuming=False, extend_to=None, progress=progress,
