@@ -83,6 +83,7 @@ def save_everywhere(checkpointers: list[Checkpointer], out: Path, step: int, los
 def plain_copy(final: dict[str, torch.Tensor], target: Path, step: int) -> None:
     """DDP: whole weights on every rank, rank 0 alone writes; then the same from one process."""
     model, optimizer, scheduler = build("ddp")
+    torch.manual_seed(200 + dist.get_rank())  # each rank's own RNG again
     model.load_state_dict({k.removeprefix("model."): v for k, v in final.items() if k.startswith("model.")})
     wrapped = DistributedDataParallel(model)
     loss = train_step(wrapped, optimizer, scheduler, step)
