@@ -2,6 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 dist_worker.py --out DIR \
         --uri DIR_OR_S3 [--uri ...] --steps 5 --save-at 3,5 [--resume [--from-step 3]] [--plain-copy DIR]
+        [--restore-plain DIR]
 
 Every rank builds the same toy model (seeded), shards it with FSDP2's `fully_shard`, and trains AdamW +
 StepLR on a global batch of 12 rows a step, each rank taking every world_size-th row and adding a
@@ -12,6 +13,7 @@ restores from the first. Rank 0 writes into `--out` (torch.save, tensors only):
     restored.pt               gathered weights and optimizer state right after the restore
     step-N.pt                 the same right after the save at step N
     final.pt                  at the end
+    from-plain.pt             (`--restore-plain DIR`) the same of a fresh sharded model restored from DIR
     error-U-rank-R.txt        the error the save to the U-th uri raised on rank R; the job goes on
 
 `--plain-copy DIR` then trains the final weights one more step as DDP does (DistributedDataParallel,
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--from-step", type=int)
     parser.add_argument("--plain-copy")
+    parser.add_argument("--restore-plain")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -133,6 +136,12 @@ def main() -> None:
         torch.save(final, out / "final.pt")
     for checkpointer in checkpointers:
         checkpointer.close()
+    if args.restore_plain:  # a plain (DDP) checkpoint into a fresh sharded model and its optimizer
+        model, optimizer, scheduler = build("fsdp")
+        Checkpointer(args.restore_plain).restore(model=model, optimizer=optimizer, scheduler=scheduler)
+        state = gathered(model, optimizer)
+        if rank == 0:
+            torch.save(state, out / "from-plain.pt")
     if args.plain_copy:
         plain_copy(final, Path(args.plain_copy), args.steps + 1)
     else:

@@ -56,8 +56,9 @@ class Job:
         self.out.mkdir()
         # Rank 1 cannot write its shard of step 5 there: a directory stands where its file would go.
         (self.blocked / "checkpoints" / "step-000000005" / SHARDS_OF_TWO[1]).mkdir(parents=True)
+        self.plain = root / "plain"  # then, as DDP: plain/job from 2 processes, plain/single from rank 0 alone
         launch(2, "--out", self.out, "--uri", self.local, "--uri", self.s3, "--uri", self.blocked,
-               "--steps", 5, "--save-at", "3,5")
+               "--steps", 5, "--save-at", "3,5", "--plain-copy", self.plain)
 
     def state(self, name: str) -> dict[str, torch.Tensor]:
         return load(self.out / f"{name}.pt")
@@ -114,27 +115,32 @@ def test_resume_with_one_process_restores_what_two_saved_and_trains_on_within_fl
 
 
 def test_resume_with_three_processes_from_s3_reshards_and_trains_on_within_float_tolerance(job: Job, tmp_path: Path) -> None:
-    out = resumed(job, tmp_path, 3, job.s3)
+    out = resumed(job, tmp_path, 3, job.s3, "--restore-plain", job.plain / "job")
     assert_equal(job.state("step-3"), load(out / "restored.pt"))
     final, expected = load(out / "final.pt"), job.state("final")
     for key in expected:
         torch.testing.assert_close(final[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-@pytest.fixture(scope="module")
-def two_again(job: Job, tmp_path_factory) -> Path:
-    """The job resumed from step 3 by 2 processes; then a DDP save of its final weights (`plain/`)."""
-    out = tmp_path_factory.mktemp("two-again")
-    return resumed(job, out, 2, job.local, "--plain-copy", out / "plain")
+    # and the 3 sharded processes also loaded the plain checkpoint of 2 DDP processes (positions -> names)
+    plain = job.plain / "job" / "checkpoints" / "step-000000006"
+    weights = decode((plain / "model.safetensors").read_bytes(), "model")
+    state = decode((plain / "state.safetensors").read_bytes(), "state")
+    names = [name for name, _ in toy()[0].named_parameters()]
+    expected = {f"model.{k}": v for k, v in weights.items()}
+    expected.update({f"optimizer.{names[int(k.split('.')[2])]}.{k.split('.')[3]}": v for k, v in state.items()
+                     if k.startswith("optimizer.state.")})
+    assert_equal(expected, load(out / "from-plain.pt"))
 
 
-def test_resume_with_the_same_two_processes_is_bit_identical_every_rank_rng_included(job: Job, two_again: Path) -> None:
-    assert_equal(job.state("step-3"), load(two_again / "restored.pt"))
-    assert_equal(job.state("final"), load(two_again / "final.pt"))
+def test_resume_with_the_same_two_processes_is_bit_identical_every_rank_rng_included(job: Job, tmp_path: Path) -> None:
+    out = resumed(job, tmp_path, 2, job.local)
+    assert_equal(job.state("step-3"), load(out / "restored.pt"))
+    assert_equal(job.state("final"), load(out / "final.pt"))
 
 
-def test_ddp_job_saves_todays_format_from_rank_0_identical_to_one_process(two_again: Path) -> None:
-    job, single = two_again / "plain" / "job" / "checkpoints" / "step-000000006", two_again / "plain" / "single" / "checkpoints" / "step-000000006"
+def test_ddp_job_saves_todays_format_from_rank_0_identical_to_one_process(job: Job) -> None:
+    job, single = job.plain / "job" / "checkpoints" / "step-000000006", job.plain / "single" / "checkpoints" / "step-000000006"
     files = ["MANIFEST.json", "model.safetensors", "state.json", "state.safetensors"]
     assert sorted(p.name for p in job.iterdir()) == sorted(p.name for p in single.iterdir()) == files
     manifest = json.loads((job / "MANIFEST.json").read_text())

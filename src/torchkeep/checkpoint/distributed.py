@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -179,7 +180,9 @@ def load_sharded(storage: Storage, name: str, manifest: dict[str, Any], files: d
             raise CheckpointError(f"{where}: optimizer state does not fit: the checkpoint lacks {absent[:3]}")
         targets.update(optim_targets)
     try:
-        dcp.load(targets, storage_reader=ShardReader(storage, name, manifest, layout))
+        with warnings.catch_warnings():  # one process, no process group: DCP's own single-process mode, on purpose
+            warnings.filterwarnings("ignore", message="torch.distributed is .*uninitialized")
+            dcp.load(targets, storage_reader=ShardReader(storage, name, manifest, layout))
     except CheckpointException as failure:
         raise CheckpointError(f"{where}: cannot be loaded ({_failures(failure)})") from failure
     options = StateDictOptions(strict=False)
