@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from faultproxy import FaultProxy
 from torchkeep import CheckpointError, Checkpointer
 from torchkeep.checkpoint import format
 from torchkeep.checkpoint.inspect import inspect
@@ -30,12 +31,13 @@ SHARDS_OF_TWO = ["shard-00000-of-00002.safetensors", "shard-00001-of-00002.safet
 
 
 def launch(nproc: int, *args: object) -> None:
-    """`python -m torch.distributed.run --nproc_per_node N dist_worker.py ARGS`, one thread a process."""
+    """`python -m torch.distributed.run --nproc_per_node N dist_worker.py --out OUT ARGS`, one thread a process."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(WORKER), *map(str, args)]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=180)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = Path(str(args[args.index("--out") + 1]))
+    assert done.returncode == 0, f"{sorted(p.name for p in out.iterdir())}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
 
 
 def load(path: Path) -> dict[str, torch.Tensor]:
@@ -51,14 +53,24 @@ def assert_equal(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tens
 class Job:
     """The 2-process FSDP job: where it saved, and the gathered states it wrote (step-3, step-5, final)."""
 
-    def __init__(self, root: Path, s3_uri: str) -> None:
-        self.local, self.s3, self.blocked, self.out = root / "local", s3_uri, root / "blocked", root / "out"
+    def __init__(self, root: Path, s3) -> None:
+        self.local, self.s3, self.blocked, self.out = root / "local", f"s3://{s3.new_bucket()}/run", root / "blocked", root / "out"
         self.out.mkdir()
         # Rank 1 cannot write its shard of step 5 there: a directory stands where its file would go.
         (self.blocked / "checkpoints" / "step-000000005" / SHARDS_OF_TWO[1]).mkdir(parents=True)
+        # Rank 1 reaches this bucket through a proxy that cuts every connection after 10 kB sent (its
+        # shard is 30 kB); rank 0 reaches it directly.
+        self.cut_bucket = s3.new_bucket()
+        proxy = FaultProxy(("127.0.0.1", int(s3.url.rsplit(":", 1)[1]))).start()
+        proxy.cut_after_bytes = 10_000
         self.plain = root / "plain"  # then, as DDP: plain/job from 2 processes, plain/single from rank 0 alone
-        launch(2, "--out", self.out, "--uri", self.local, "--uri", self.s3, "--uri", self.blocked,
-               "--steps", 5, "--save-at", "3,5", "--plain-copy", self.plain)
+        try:
+            launch(2, "--out", self.out, "--uri", self.local, "--uri", self.s3, "--uri", self.blocked,
+                   "--uri", f"s3://{self.cut_bucket}/run", "--rank-1-endpoint", proxy.url,
+                   "--steps", 5, "--save-at", "3,5", "--plain-copy", self.plain)
+        finally:
+            proxy.close()
+        self.proxy_cuts = proxy.cuts
 
     def state(self, name: str) -> dict[str, torch.Tensor]:
         return load(self.out / f"{name}.pt")
@@ -66,7 +78,7 @@ class Job:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, s3) -> Job:
-    return Job(tmp_path_factory.mktemp("fsdp"), f"s3://{s3.new_bucket()}/run")
+    return Job(tmp_path_factory.mktemp("fsdp"), s3)
 
 
 def resumed(job: Job, tmp_path: Path, nproc: int, uri: object, *more: object) -> Path:
@@ -103,6 +115,16 @@ def test_a_write_failing_on_one_rank_fails_the_save_on_every_rank_and_the_previo
     listing = torchkeep("checkpoints", job.blocked, "--json", cwd=job.blocked)
     assert listing.returncode == 0, listing.stderr
     assert [(c["step"], c["status"]) for c in json.loads(listing.stdout)] == [(3, "complete")]
+
+
+def test_an_s3_upload_cut_on_one_rank_fails_the_save_on_every_rank_and_leaves_no_object(job: Job, s3) -> None:
+    assert job.proxy_cuts >= 2  # rank 1's upload, and its retry
+    for rank in (0, 1):
+        error = (job.out / f"error-3-rank-{rank}.txt").read_text()  # the last failed save: step 5
+        assert error.startswith("CheckpointError: ") and "step-000000005: not saved" in error, (rank, error)
+        assert "rank 1: " in error and "rank 0: " not in error
+    # Both saves failed on every rank: rank 0 removed its own files; no manifest, no LATEST was written
+    assert s3.client().list_objects_v2(Bucket=job.cut_bucket).get("KeyCount") == 0
 
 
 def test_resume_with_one_process_restores_what_two_saved_and_trains_on_within_float_tolerance(job: Job, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 A checkpoint is a prefix `checkpoints/step-000001234/` holding tensor files (safetensors) and
 `state.json`, committed by `MANIFEST.json` written last with every file's size and sha256.
 A checkpoint whose manifest is missing, unreadable, or does not match its files does not exist.
+A checkpoint of sharded state (several processes, FSDP2) has other files and `"layout": "sharded"`
+in its manifest (checkpoint/shards.py); the commit is the same: `commit`, once every file is written.
 Nothing here ever unpickles.
 """
 
