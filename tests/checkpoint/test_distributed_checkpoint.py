@@ -199,6 +199,15 @@ def test_one_plain_process_reads_a_sharded_checkpoint_through_the_public_paths(j
     assert_equal({k: v for k, v in expected.items() if k.startswith("optimizer.")}, optimizer_state)
     assert scheduler.state_dict()["last_epoch"] == 3 and optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
 
+    # The weights alone, as predict / evaluate / serve load an unfinished run and fit() its best step
+    alone = toy()[0]
+    torch.manual_seed(7)
+    assert Checkpointer(str(job.local)).restore(model=alone, step=3, restore_rng=False).step == 3
+    assert torch.equal(alone.state_dict()["2.weight"], expected["model.2.weight"])
+    drawn = torch.rand(1)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, torch.rand(1))  # restore_rng=False left this process's RNG alone
+
     # Whole weights without a model: what inspect, transfer learning and verify-resume read
     files = format.read_checkpoint(open_storage(str(job.local)), "step-000000003")[1]
     assert_equal({k.removeprefix("model."): v for k, v in expected.items() if k.startswith("model.")},

@@ -292,7 +292,10 @@ class Checkpointer:
     ) -> Restored | None:
         """Load the newest valid checkpoint (or `step`) in place. None when there is none.
 
-        A newer checkpoint that is incomplete or corrupt is skipped with a warning, never loaded.
+        A newer checkpoint that is incomplete or corrupt is skipped with a warning, never loaded. Of a
+        sharded one, the shard files are checked as each rank reads them: a damaged shard is an error.
+        In a job of several processes every rank calls it alike; either layout loads into a plain or
+        a sharded model at any number of processes.
         """
         self.wait()
         if step is not None:
