@@ -25,6 +25,7 @@ from torchkeep.checkpoint.inspect import inspect
 from torchkeep.checkpoint.shards import model_weights
 from torchkeep.checkpoint.tensors import decode
 from torchkeep.storage import open_storage
+from torchkeep.training.transfer import read_pretrained
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 SHARDS_OF_TWO = ["shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors"]
@@ -186,7 +187,7 @@ def toy() -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LR
     return model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
 
 
-def test_one_plain_process_reads_a_sharded_checkpoint_through_the_public_paths(job: Job, torchkeep) -> None:
+def test_one_plain_process_reads_a_sharded_checkpoint_through_the_public_paths(job: Job, tmp_path: Path, torchkeep) -> None:
     expected = job.state("step-3")
     model, optimizer, scheduler = toy()
     restored = Checkpointer(job.s3).restore(model=model, optimizer=optimizer, scheduler=scheduler, step=3)
@@ -212,6 +213,13 @@ def test_one_plain_process_reads_a_sharded_checkpoint_through_the_public_paths(j
     files = format.read_checkpoint(open_storage(str(job.local)), "step-000000003")[1]
     assert_equal({k.removeprefix("model."): v for k, v in expected.items() if k.startswith("model.")},
                  model_weights(files, "step-3"))
+    run = tmp_path / "run"  # as a run of torchkeep's, `--init-from` takes its newest checkpoint's weights
+    shutil.copytree(job.local, run)
+    (run / "config.json").write_text("{}")
+    pretrained = read_pretrained(str(run))
+    assert pretrained.kind == "checkpoint step-000000005"
+    assert_equal({k.removeprefix("model."): v for k, v in job.state("step-5").items() if k.startswith("model.")},
+                 pretrained.weights)
     report = inspect(str(job.local / "checkpoints" / "step-000000003"))
     assert report["valid"] and report["metadata"]["layout"] == "sharded" and report["metadata"]["world_size"] == 2
     assert report["parameter_count"] == sum(p.numel() for p in model.parameters())
