@@ -129,12 +129,19 @@ def test_an_s3_upload_cut_on_one_rank_fails_the_save_on_every_rank_and_leaves_no
 
 
 def test_resume_with_one_process_restores_what_two_saved_and_trains_on_within_float_tolerance(job: Job, tmp_path: Path) -> None:
-    out = resumed(job, tmp_path, 1, job.local)
+    run = tmp_path / "run"
+    shutil.copytree(job.local, run)
+    out = resumed(job, tmp_path, 1, run, "--save-at", "4,5")
     assert_equal(job.state("step-3"), load(out / "restored.pt"))  # weights, exp_avg, exp_avg_sq, step: exact
     # Another world size sums the gradients in another order (and draws other noise, 1e-6): close, not equal
     final, expected = load(out / "final.pt"), job.state("final")
     for key in expected:
         torch.testing.assert_close(final[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
+    # Its saves are sharded over 1 process; retention (keep_last=2) dropped step 3, and the abandoned
+    # step 5 of the 2-process history went when step 4 was committed
+    assert [(i.step, i.status) for i in Checkpointer(str(run)).list(verify=True)] == [(4, "complete"), (5, "complete")]
+    assert sorted(p.name for p in (run / "checkpoints" / "step-000000005").iterdir()) == [
+        "MANIFEST.json", "shard-00000-of-00001.safetensors", "shards.json", "state.json", "state.safetensors"]
 
 
 def test_resume_with_three_processes_from_s3_reshards_and_trains_on_within_float_tolerance(job: Job, tmp_path: Path) -> None:

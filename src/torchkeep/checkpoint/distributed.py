@@ -63,7 +63,9 @@ def gather_to_rank0(obj: Any) -> list[Any] | None:
 
 def agree(error: BaseException | None, what: str) -> None:
     """Raise on every rank when any rank has an `error` (its own error on that rank)."""
-    failed = torch.tensor([0 if error is None else 1], dtype=torch.int32)
+    # nccl reduces CUDA tensors only; gloo (and a cpu:gloo,cuda:nccl group) CPU ones
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=device)
     dist.all_reduce(failed, op=dist.ReduceOp.MAX)
     if error is not None:
         raise error
