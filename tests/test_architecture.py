@@ -20,6 +20,7 @@ LAZY_ALLOWED = {
     ("storage/base.py", "torchkeep.storage.s3"),  # boto3
     ("storage/base.py", "torchkeep.storage.s3_connector"),  # s3torchconnector
     ("data/io.py", "torchkeep.storage.s3"),
+    ("checkpoint/manager.py", "torchkeep.checkpoint.distributed"),  # torch.distributed.checkpoint: ~0.7 s to import
     ("track/build.py", "torchkeep.track.tensorboard"),  # tensorboard
     ("track/build.py", "torchkeep.track.wandb"),  # wandb
 }

@@ -15,10 +15,11 @@ import torch
 from torchkeep.errors import CheckpointError
 
 
-def encode(obj: Any, tensors: dict[str, torch.Tensor], path: str = "", copy: bool = True) -> Any:
-    """JSON-ready copy of `obj`; every tensor goes (detached, on CPU, copied if `copy`) into `tensors`."""
+def encode(obj: Any, tensors: dict[str, torch.Tensor], path: str = "", copy: bool = True, to_cpu: bool = True) -> Any:
+    """JSON-ready copy of `obj`; every tensor goes (detached, on CPU unless not `to_cpu`, copied if
+    `copy`) into `tensors`. Sharded tensors (DTensors) stay where they are: `to_cpu=False`."""
     if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().to("cpu", copy=copy)
+        tensors[path] = obj.detach().to("cpu", copy=copy) if to_cpu else obj.detach()
         return {"__tensor__": path}
     if isinstance(obj, np.ndarray):
         return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
@@ -28,17 +29,17 @@ def encode(obj: Any, tensors: dict[str, torch.Tensor], path: str = "", copy: boo
         return obj
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
-            return {k: encode(v, tensors, f"{path}.{k}" if path else k, copy) for k, v in obj.items()}
+            return {k: encode(v, tensors, f"{path}.{k}" if path else k, copy, to_cpu) for k, v in obj.items()}
         return {
             "__items__": [
-                [encode(k, tensors, f"{path}.k{i}", copy), encode(v, tensors, f"{path}.{k}", copy)]
+                [encode(k, tensors, f"{path}.k{i}", copy, to_cpu), encode(v, tensors, f"{path}.{k}", copy, to_cpu)]
                 for i, (k, v) in enumerate(obj.items())
             ]
         }
     if isinstance(obj, tuple):
-        return {"__tuple__": [encode(v, tensors, f"{path}.{i}", copy) for i, v in enumerate(obj)]}
+        return {"__tuple__": [encode(v, tensors, f"{path}.{i}", copy, to_cpu) for i, v in enumerate(obj)]}
     if isinstance(obj, list):
-        return [encode(v, tensors, f"{path}.{i}", copy) for i, v in enumerate(obj)]
+        return [encode(v, tensors, f"{path}.{i}", copy, to_cpu) for i, v in enumerate(obj)]
     raise CheckpointError(
         f"cannot store a {type(obj).__name__} at '{path}' in a checkpoint"
         " (only tensors, numbers, strings, lists, tuples and dicts are stored)"

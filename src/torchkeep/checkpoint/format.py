@@ -3,6 +3,8 @@
 A checkpoint is a prefix `checkpoints/step-000001234/` holding tensor files (safetensors) and
 `state.json`, committed by `MANIFEST.json` written last with every file's size and sha256.
 A checkpoint whose manifest is missing, unreadable, or does not match its files does not exist.
+A checkpoint of sharded state (several processes, FSDP2) has other files and `"layout": "sharded"`
+in its manifest (checkpoint/shards.py); the commit is the same: `commit`, once every file is written.
 Nothing here ever unpickles.
 """
 
@@ -22,6 +24,9 @@ SCHEMA_VERSION = 1
 MANIFEST = "MANIFEST.json"
 LATEST = "LATEST"
 PREFIX = "checkpoints"
+MODEL_FILE = "model.safetensors"
+STATE_TENSORS_FILE = "state.safetensors"
+STATE_FILE = "state.json"
 
 
 def checkpoint_name(step: int) -> str:
@@ -54,7 +59,7 @@ class CheckpointInfo:
 Buffers = bytes | bytearray | memoryview | list[memoryview]
 
 
-def _size_and_digest(data: Buffers) -> tuple[int, str]:
+def size_and_digest(data: Buffers) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     for chunk in data if isinstance(data, list) else [data]:
@@ -74,11 +79,17 @@ def write_checkpoint(storage: Storage, name: str, files: dict[str, Buffers], met
     # Hash in a second thread while the bytes are written (hashlib and file I/O both release the
     # GIL on big buffers): one pass over the data in wall time instead of two.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchkeep-hash") as hasher:
-        digests = {file_name: hasher.submit(_size_and_digest, data) for file_name, data in files.items()}
+        digests = {file_name: hasher.submit(size_and_digest, data) for file_name, data in files.items()}
         for file_name, data in files.items():
             storage.write(f"{base}/{file_name}", data)
             size, digest = digests[file_name].result()
             entries[file_name] = {"size": size, "sha256": digest}
+    commit(storage, name, entries, meta)
+
+
+def commit(storage: Storage, name: str, entries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> None:
+    """The commit point: the manifest (each file's size and sha256, all already written), then LATEST."""
+    base = f"{PREFIX}/{name}"
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.time(),
@@ -115,12 +126,13 @@ def read_checkpoint(storage: Storage, name: str) -> tuple[dict[str, Any], dict[s
     manifest = read_manifest(storage, name)
     entries = manifest["files"].items()
     with ThreadPoolExecutor(max_workers=max(1, len(entries)), thread_name_prefix="torchkeep-read") as pool:
-        futures = {file_name: pool.submit(_read_verified, storage, name, file_name, entry)
+        futures = {file_name: pool.submit(read_verified, storage, name, file_name, entry)
                    for file_name, entry in entries}
         return manifest, {file_name: future.result() for file_name, future in futures.items()}
 
 
-def _read_verified(storage: Storage, name: str, file_name: str, entry: dict[str, Any]) -> bytearray:
+def read_verified(storage: Storage, name: str, file_name: str, entry: dict[str, Any]) -> bytearray:
+    """One file of checkpoint `name`, checked against its manifest `entry` (size and sha256)."""
     where = f"{storage.uri}/{PREFIX}/{name}/{file_name}"
     try:
         data = storage.read(f"{PREFIX}/{name}/{file_name}")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from torchkeep.checkpoint import format as checkpoint_format
-from torchkeep.checkpoint import tensors as tensor_files
+from torchkeep.checkpoint import shards, tensors as tensor_files
 from torchkeep.checkpoint.convert import MODEL_KEY, OPTIMIZER_KEY, is_state_dict
 from torchkeep.checkpoint.torchfile import PICKLE_SUFFIXES, load_weights_only, read_file, split_uri
 from torchkeep.errors import CheckpointError, DataError, StorageError
@@ -174,11 +174,35 @@ def _checkpoint(storage: Storage, name: str, uri: str) -> dict[str, Any]:
         extra=_without_tensor_refs(state.get("extra")), optimizer=_summarize_optimizer(state.get("optimizer")),
         holds=[part for part in ("optimizer", "scheduler", "loader", "rng") if state.get(part) is not None],
     )
+    whole = _sharded_tensors(storage, manifest or {}, files, metadata)
     run = uri.rstrip("/").rsplit("/", 2)
     if len(run) == 3 and run[1] == checkpoint_format.PREFIX:  # inside a run: its task comes from the schema
         schema = _json_file(open_storage(run[0]), "schema.json") or {}
         metadata["task"] = (schema.get("target") or {}).get("task")
-    return _report("checkpoint", files, ([problem] if problem else []) + problems, metadata, manifest is not None)
+    report = _report("checkpoint", files, ([problem] if problem else []) + problems, metadata, manifest is not None)
+    if whole is not None:
+        report["parameter_count"] = sum(t["numel"] for t in whole if t["name"].startswith(shards.MODEL_PREFIX))
+    return report
+
+
+def _sharded_tensors(storage: Storage, manifest: dict[str, Any], files: list[dict[str, Any]],
+                     metadata: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Of a sharded checkpoint: the whole tensors its shards hold, listed under shards.json (each shard
+    file lists its own chunks, `NAME@OFFSETS`); None for a plain checkpoint."""
+    layout = _json_file(storage, shards.SHARDS_FILE) if shards.is_sharded(manifest) else None
+    if not isinstance(layout, dict) or "tensors" not in layout:
+        return None
+    metadata.update(layout=shards.LAYOUT, world_size=manifest.get("world_size"))
+    whole = []
+    for name, entry in sorted(layout["tensors"].items(), key=lambda item: _natural(item[0])):
+        dtype = tensor_files.FROM_NAME.get(entry.get("dtype"), torch.uint8)
+        numel = int(torch.Size(entry.get("size", [])).numel())
+        whole.append({"name": name, "dtype": dtype_name(dtype), "shape": entry.get("size"), "numel": numel,
+                      "bytes": numel * dtype.itemsize})
+    for file in files:
+        if file["name"] == shards.SHARDS_FILE:
+            file["tensors"] = whole
+    return whole
 
 
 def _without_tensor_refs(value: Any) -> Any:

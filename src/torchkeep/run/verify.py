@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from torchkeep.checkpoint import format as checkpoint_format
-from torchkeep.checkpoint import tensors as tensor_files
-from torchkeep.checkpoint.manager import MODEL_FILE, STATE_TENSORS_FILE
+from torchkeep.checkpoint.format import MODEL_FILE, STATE_TENSORS_FILE
+from torchkeep.checkpoint.shards import model_weights, state_tensors
 from torchkeep.errors import CheckpointError, ConfigError
 from torchkeep.predict.own_model import is_own_run
 from torchkeep.run.train import train
@@ -64,9 +64,9 @@ def _replay_and_compare(storage: Any, run_dir: str, copy: Any, scratch: str, fro
     replayed = checkpoint_format.read_checkpoint(copy, checkpoint_format.checkpoint_name(to_step))[1]
     report: dict[str, Any] = {"run": run_dir, "from_step": from_step, "to_step": to_step, "mismatched": []}
     compared = 0
-    for file_name, keep in ((MODEL_FILE, lambda k: True), (STATE_TENSORS_FILE, lambda k: k.startswith(("optimizer", "extra.ema.")))):
-        a = tensor_files.decode(original[file_name], file_name)
-        b = tensor_files.decode(replayed[file_name], file_name)
+    for file_name, read, keep in ((MODEL_FILE, model_weights, lambda k: True),
+                                  (STATE_TENSORS_FILE, state_tensors, lambda k: k.startswith(("optimizer", "extra.ema.")))):
+        a, b = read(original, f"{run_dir}/{to_step}"), read(replayed, f"{scratch}/{to_step}")  # plain or sharded
         for key in sorted(k for k in set(a) | set(b) if keep(k)):
             compared += 1
             if key not in a or key not in b or a[key].dtype != b[key].dtype or not torch.equal(a[key], b[key]):

@@ -24,8 +24,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from torchkeep.checkpoint import codec
-from torchkeep.checkpoint import tensors as tensor_files
-from torchkeep.checkpoint.manager import STATE_FILE, STATE_TENSORS_FILE
+from torchkeep.checkpoint.format import STATE_FILE, STATE_TENSORS_FILE
+from torchkeep.checkpoint.shards import state_tensors
 from torchkeep.errors import CheckpointError
 
 log = logging.getLogger("torchkeep")
@@ -81,5 +81,5 @@ def ema_weights_in_files(files: dict[str, bytes], where: str) -> dict[str, torch
     extra = json.loads(files[STATE_FILE]).get("extra") or {}
     if "ema" not in extra:
         return None
-    tensors = tensor_files.decode(files[STATE_TENSORS_FILE], f"{where}/{STATE_TENSORS_FILE}")
+    tensors = state_tensors(files, where)
     return ema_weights({"ema": codec.decode(extra["ema"], tensors)})

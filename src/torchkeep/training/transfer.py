@@ -37,7 +37,7 @@ from torchkeep.bundle import BUNDLE_FILE, read_bundle
 from torchkeep.checkpoint import format as checkpoint_format
 from torchkeep.checkpoint import tensors as tensor_files
 from torchkeep.checkpoint.convert import is_state_dict
-from torchkeep.checkpoint.manager import MODEL_FILE
+from torchkeep.checkpoint.shards import model_weights
 from torchkeep.checkpoint.torchfile import load_weights_only, read_file
 from torchkeep.errors import CheckpointError, ConfigError
 from torchkeep.storage import open_storage
@@ -121,7 +121,7 @@ def _read_run(source: str) -> Pretrained | None:
         try:
             files = checkpoint_format.read_checkpoint(storage, info.name)[1]
             weights = (ema_weights_in_files(files, f"{source}/{info.name}")  # trained with ema_decay: its average
-                       or tensor_files.decode(files[MODEL_FILE], f"{source}/{info.name}/{MODEL_FILE}"))
+                       or model_weights(files, f"{source}/{info.name}"))  # plain or sharded
             return Pretrained(source, f"checkpoint {info.name}", weights, preprocessor)
         except (CheckpointError, KeyError) as error:
             reasons.append(str(error))
