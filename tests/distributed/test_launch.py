@@ -64,6 +64,22 @@ def test_fsdp_over_two_processes_ends_with_the_weights_of_one(torchkeep, flights
     for column in (c for c in one.columns if c != "prediction"):
         assert two[column].to_list() == pytest.approx(one[column].to_list(), abs=1e-5)
 
+    # Its checkpoints are sharded (a shard per process, committed by the manifest) and resume at any world size:
+    # further in one process, then further in three.
+    latest = tmp_path / "two" / "checkpoints" / (tmp_path / "two" / "checkpoints" / "LATEST").read_text().strip()
+    assert {"shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors", "MANIFEST.json"} <= \
+        {p.name for p in latest.iterdir()}
+    listed = json.loads(torchkeep("checkpoints", "two", "--verify", "--json", cwd=tmp_path).stdout)
+    assert listed and all(c["status"] == "complete" for c in listed)
+    for nproc, epochs in ((1, 3), (3, 4)):
+        resumed = torchkeep("train", "--resume", "two", "--epochs", epochs, "--nproc", nproc, "--quiet", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        run = json.loads((tmp_path / "two" / "run.json").read_text())
+        assert (run["status"], run["world_size"]) == ("complete", nproc)
+    valid_epochs = [json.loads(line)["epoch"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(line).get("split") == "valid"]
+    assert valid_epochs == [1, 2, 3, 4]
+
 
 def test_the_library_launches_like_the_cli(make_table, tmp_path):
     """`torchkeep.train(..., nproc=2)`: the same run as `torchkeep train --nproc 2`, from Python."""

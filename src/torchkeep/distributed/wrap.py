@@ -146,13 +146,3 @@ def describe(strategy: str | None) -> dict[str, Any]:
     """What run.json records of how a session ran."""
     env = current()
     return {"world_size": env.world_size, "strategy": strategy if env.distributed else None}
-
-
-def saves_checkpoints(wrapped: Wrapped) -> bool:
-    """Whether this rank calls Checkpointer.save. The one place that decides it: plain state (one process,
-    ddp) is written by rank 0 alone, in the one-process format. Sharded state (fsdp) needs a collective
-    save of every rank's shards that the Checkpointer does not do yet, so no rank saves (a run with
-    strategy fsdp keeps no checkpoints; its bundle holds the gathered weights)."""
-    if wrapped.sharded:
-        return False
-    return current().rank == 0

@@ -251,14 +251,15 @@ def fit(
         nonlocal last_saved
         if checkpointer is None or last_saved == state.step:
             return
-        if distributed.saves_checkpoints(wrapped):
-            checkpointer.save(
-                state.step, model=module, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
-                epoch=train_loader.epoch, metrics={f"valid_{k}": v for k, v in state.last_valid.items()},
-                extra={"train_state": state.to_dict(), "world_size": env.world_size,
-                       **({"transfer": transfer.state_dict()} if transfer.active else {}),
-                       **({"ema": average.state_dict()} if average is not None else {})},
-            )
+        # Every rank: the Checkpointer writes plain state from rank 0 and sharded state (fsdp) from all ranks,
+        # and every rank agrees that the save succeeded (checkpoint/manager.py).
+        checkpointer.save(
+            state.step, model=module, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
+            epoch=train_loader.epoch, metrics={f"valid_{k}": v for k, v in state.last_valid.items()},
+            extra={"train_state": state.to_dict(), "world_size": env.world_size,
+                   **({"transfer": transfer.state_dict()} if transfer.active else {}),
+                   **({"ema": average.state_dict()} if average is not None else {})},
+        )
         last_saved = state.step
 
     def finish(valid: dict[str, float]) -> FitResult:
