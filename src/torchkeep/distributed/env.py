@@ -8,6 +8,8 @@ and every function here is then a no-op (no process group is created).
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,6 +105,7 @@ def setup(device: str | torch.device = "auto") -> DistEnv:
     store = dist.PrefixStore(f"torchkeep/attempt-{env.restart_count}", tcp)
     dist.init_process_group(backend="nccl" if cuda else "gloo", store=store, rank=env.rank, world_size=env.world_size,
                             timeout=timeout)
+    atexit.register(teardown)  # whatever ends the process (an error included), before the interpreter is torn down
     return current()
 
 
@@ -115,8 +118,14 @@ def device_for(name: str) -> torch.device | None:
 
 
 def teardown() -> None:
+    """Destroy the process group while the interpreter is whole. The DDP / FSDP wrappers of a finished run
+    are reference cycles that only the collector frees; freed later, during interpreter shutdown, the
+    collectives' work they hold is destroyed from gloo's threads and the process aborts ("terminate
+    called without an active exception", SIGABRT after a successful run). So: collect, destroy, collect."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def barrier() -> None:
