@@ -283,17 +283,18 @@ def frame_records(predictions: pl.DataFrame) -> list[dict[str, Any] | None]:
 
 
 def output_records(target: TargetSpec, outputs: torch.Tensor) -> list[dict[str, Any] | None]:
-    """`frame_records(TableSchema.decode(outputs))` without the frame: the same torch operations."""
+    """`frame_records(TableSchema.decode(outputs))` without the frame: the same numbers (tests/data)."""
     outputs = outputs.detach().float().cpu()
     if target.task == "regression":
         values = (outputs.reshape(-1).double().numpy() * target.std + target.mean).tolist()
         return [{"prediction": value} if math.isfinite(value) else None for value in values]
-    if target.task == "binary":
-        positive = torch.sigmoid(outputs.reshape(-1))
-        probabilities = torch.stack([1 - positive, positive], dim=1)
-    else:
-        probabilities = torch.softmax(outputs, dim=1)
-    index = probabilities.argmax(dim=1).tolist()
     names = [str(label) for label in target.labels]
+    if target.task == "binary":  # decode's [1 - p, p] and its argmax (the first on a tie), in fewer operations
+        positive = torch.sigmoid(outputs.reshape(-1))
+        return [{"prediction": target.labels[1 if yes > no else 0], "probabilities": dict(zip(names, (no, yes)))}
+                if math.isfinite(no) and math.isfinite(yes) else None
+                for no, yes in zip((1 - positive).tolist(), positive.tolist())]
+    probabilities = torch.softmax(outputs, dim=1)
+    index = probabilities.argmax(dim=1).tolist()
     return [{"prediction": target.labels[i], "probabilities": dict(zip(names, row))} if all(map(math.isfinite, row))
             else None for i, row in zip(index, probabilities.tolist())]
