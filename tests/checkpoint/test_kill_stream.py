@@ -9,12 +9,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 from safetensors.torch import load_file
 
-from kill_table import TRAIN_FLAGS
+from kill_table import TRAIN_FLAGS, flights_frame
 from test_kill import kill_when_past, latest_step, resumed_from, torchkeep_train
 
 # 24 row groups of 250 rows; 2 held out for validation, 22 x 250 = 5,500 training rows in batches of 128
@@ -25,13 +24,7 @@ STREAM_FLAGS = ["--stream", "--shuffle-buffer-mib", 0.0625]
 
 
 def write_dataset(root: Path, rows: int = 6_000) -> None:
-    rng = np.random.default_rng(0)
-    origin = rng.choice(["EWR", "JFK", "LGA"], rows)
-    hour = rng.integers(5, 23, rows)
-    distance = rng.gamma(2.0, 400.0, rows)
-    dep_delay = rng.normal(10, 30, rows)
-    late = dep_delay + 2 * (origin == "EWR") + 0.2 * (hour - 14) + rng.normal(0, 10, rows) > 15
-    frame = pl.DataFrame({"origin": origin, "hour": hour, "distance": distance, "dep_delay": dep_delay, "late": late})
+    frame = flights_frame(rows)
     for month in range(6):
         folder = root / f"month={month + 1}"
         folder.mkdir(parents=True)

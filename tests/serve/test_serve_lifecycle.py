@@ -3,7 +3,6 @@ source that is not a bundle is one error line and exit status 2, before anything
 
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
 import signal
@@ -13,18 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from in_flight import start_request
+
 IN_FLIGHT = 4
-
-
-def start_request(port: int, body: bytes) -> http.client.HTTPConnection:
-    """A POST /predict whose headers and first half of the body have been sent: in flight."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.putrequest("POST", "/predict")
-    connection.putheader("Content-Type", "application/json")
-    connection.putheader("Content-Length", str(len(body)))
-    connection.endheaders()
-    connection.send(body[: len(body) // 2])
-    return connection
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits_0(trained_run, start_server, feature_rows):

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import torchkeep
+from in_flight import start_request
 
 REQUESTS = 2000
 CONCURRENCY = 16
@@ -149,17 +150,6 @@ def test_load_with_malformed_requests_and_a_reload_fails_nothing(trained_run, se
     assert code == 0 and "Traceback" not in stderr, stderr
 
 
-def start_in_flight(port: int, body: bytes) -> http.client.HTTPConnection:
-    """A POST /predict with its headers and half of its body sent: in flight."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.putrequest("POST", "/predict")
-    connection.putheader("Content-Type", "application/json")
-    connection.putheader("Content-Length", str(len(body)))
-    connection.endheaders()
-    connection.send(body[: len(body) // 2])
-    return connection
-
-
 def test_sigterm_under_load_completes_the_requests_in_flight(trained_run, start_server, feature_rows):
     server = start_server(trained_run / "bundle")
     rows = feature_rows(2, 77)
@@ -187,7 +177,7 @@ def test_sigterm_under_load_completes_the_requests_in_flight(trained_run, start_
     for thread in threads:
         thread.start()
     time.sleep(1.0)
-    in_flight = [start_in_flight(server.port, body) for _ in range(8)]
+    in_flight = [start_request(server.port, body) for _ in range(8)]
     time.sleep(0.3)  # the server has read their headers
     before = len(answered)
     server.process.send_signal(signal.SIGTERM)
