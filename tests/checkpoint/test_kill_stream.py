@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import polars as pl
 import torch
 from safetensors.torch import load_file
 
