@@ -99,8 +99,8 @@ class DataConfig:
             raise ConfigError(f"data.stream_cache_bytes must be >= 0 (got {self.stream_cache_bytes})")
         if self.scaling not in ("robust", "standard"):
             raise ConfigError(f"data.scaling must be robust or standard (got {self.scaling!r})")
-        if self.numeric_encoding not in ("ple", "none"):
-            raise ConfigError(f"data.numeric_encoding must be ple or none (got {self.numeric_encoding!r})")
+        if self.numeric_encoding not in ("ple", "periodic", "none"):
+            raise ConfigError(f"data.numeric_encoding must be ple, periodic or none (got {self.numeric_encoding!r})")
         if not 2 <= self.numeric_bins <= 256:
             raise ConfigError(f"data.numeric_bins must be from 2 to 256 (got {self.numeric_bins})")
         if self.min_level_count < 1:

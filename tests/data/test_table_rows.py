@@ -39,7 +39,7 @@ def tables(draw: st.DrawFn) -> tuple[pl.DataFrame, dict[str, Any]]:
     })
     options: dict[str, Any] = {
         "scaling": draw(st.sampled_from(["robust", "standard"])),
-        "numeric_encoding": draw(st.sampled_from(["ple", "none"])),
+        "numeric_encoding": draw(st.sampled_from(["ple", "periodic", "none"])),
         "numeric_bins": draw(st.integers(2, 8)),
     }
     if draw(st.booleans()):

@@ -74,10 +74,11 @@ def add_parser(commands: Any) -> None:
     data.add_argument("--scaling", choices=["robust", "standard"],
                       help="continuous columns: robust (default) = (x - median) / (IQR / 1.349), smoothly clipped to"
                       " +-3 by z / sqrt(1 + (z/3)^2), so outliers cannot dominate; standard = (x - mean) / std")
-    data.add_argument("--numeric-encoding", choices=["ple", "none"],
+    data.add_argument("--numeric-encoding", choices=["ple", "periodic", "none"],
                       help="ple (default): each continuous column also gets piecewise-linear bins over its training"
                       " quantiles (Gorishniy et al. 2022), one input per bin, so the first layer can bend the column's"
-                      " effect; none: the scaled value only")
+                      " effect; periodic: the model embeds each scaled value as ReLU(linear(cos, sin of 8 learned"
+                      " frequencies)), 8 numbers a column (the same paper's PLR); none: the scaled value only")
     data.add_argument("--numeric-bins", type=int, metavar="N", help="ple bins per continuous column (default 16;"
                       " fewer where values repeat)")
     data.add_argument("--min-level-count", type=int, metavar="N",

@@ -23,7 +23,7 @@ class CategoricalColumn:
 
 
 SCALINGS = ("robust", "standard")
-NUMERIC_ENCODINGS = ("ple", "none")
+NUMERIC_ENCODINGS = ("ple", "periodic", "none")  # periodic: the model embeds the scaled values
 # A string column with a distinct value in at least this share of its non-null rows (and at least
 # ID_MIN_ROWS of them) is an identifier: it cannot generalize to new rows, so it is dropped.
 ID_UNIQUE_SHARE = 0.9

@@ -20,8 +20,25 @@ from torchkeep.models.text import TextTableMLP
 from torchkeep.models.vision import ImageMLP, SmallCNN
 
 
-def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[str, Any]:
-    """The constructor arguments, all plain JSON values: saved so a model is rebuilt without its run."""
+# Periodic embeddings (--numeric-encoding periodic): k frequencies started at N(0, sigma^2) on the
+# robust-scaled values (which lie in (-3, 3)), mapped to `dim` numbers per column: RealMLP-TD's
+# untuned sigma (0.1) for such inputs, and a small width so that wide tables stay cheap.
+PERIODIC = {"frequencies": 8, "dim": 8, "sigma": 0.1}
+
+
+def periodic_positions(schema: TableSchema) -> list[int]:
+    """Where each continuous column's scaled value sits among the model's continuous inputs."""
+    positions, at = [], 0
+    for column in schema.continuous:
+        positions.append(at)
+        at += column.width
+    return positions
+
+
+def tabular_model_args(config: TabularModelConfig, schema: TableSchema,
+                       numeric_encoding: str = "none") -> dict[str, Any]:
+    """The constructor arguments, all plain JSON values: saved so a model is rebuilt without its run.
+    `numeric_encoding` "periodic" adds the periodic embeddings of the continuous columns."""
     assert schema.target is not None
     unknown = set(config.embedding_dims) - {c.name for c in schema.categorical}
     if unknown:
@@ -44,6 +61,8 @@ def tabular_model_args(config: TabularModelConfig, schema: TableSchema) -> dict[
             config.null_embedding == "zero" or (config.null_embedding == "auto" and not c.has_nulls)
             for c in schema.categorical
         ],
+        **({"periodic": {"positions": periodic_positions(schema), **PERIODIC}}
+           if numeric_encoding == "periodic" and schema.continuous else {}),
     }
 
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -159,6 +161,29 @@ class EnsembleMLP(nn.Module):
         return x
 
 
+class PeriodicEmbeddings(nn.Module):
+    """Periodic embeddings of numbers (Gorishniy et al. 2022, "On embeddings for numerical features",
+    the PLR variant; TabM and RealMLP use it): column j's scaled value x becomes
+    ReLU(W_j [cos(2 pi c_j x), sin(2 pi c_j x)] + b_j), with k learned frequencies c_j (started at
+    N(0, sigma^2)) and a linear map of its own per column. Input [N, F] (the columns' scaled values),
+    output [N, F * dim]. Written out (no `rtdl-num-embeddings` dependency) so that the same few tensor
+    operations export to TorchScript, torch.export and ONNX."""
+
+    def __init__(self, n_features: int, frequencies: int = 8, dim: int = 8, sigma: float = 0.1) -> None:
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.randn(n_features, frequencies) * sigma)
+        bound = (2 * frequencies) ** -0.5
+        self.weight = nn.Parameter(torch.empty(n_features, 2 * frequencies, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_features, dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = 2 * math.pi * self.frequencies * x.unsqueeze(-1)  # [N, F, k]
+        z = torch.cat([torch.cos(z), torch.sin(z)], dim=-1)  # [N, F, 2k]
+        # per column: [N, 2k] @ [2k, dim], as one batched matmul over the columns
+        out = torch.bmm(z.transpose(0, 1), self.weight).transpose(0, 1) + self.bias
+        return torch.relu(out).flatten(1)
+
+
 class EntityEmbeddingMLP(nn.Module):
     def __init__(
         self,
@@ -174,6 +199,7 @@ class EntityEmbeddingMLP(nn.Module):
         max_norm: float | None = None,
         zero_null: list[bool] | None = None,
         ensemble_size: int = 1,
+        periodic: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.embeddings = entity_embeddings(cardinalities, embedding_dims, zero_null, max_norm)
@@ -182,6 +208,15 @@ class EntityEmbeddingMLP(nn.Module):
             nn.BatchNorm1d(n_continuous) if n_continuous and batch_norm != "none" else nn.Identity()
         )
         width = sum(embedding_dims) + n_continuous
+        # periodic: {"positions": [the continuous inputs that are scaled values], "frequencies", "dim",
+        # "sigma"}: those inputs also get periodic embeddings (the scaled values stay inputs as well)
+        self.periodic: PeriodicEmbeddings | None = None
+        if periodic and periodic["positions"]:
+            self.register_buffer("periodic_positions", torch.tensor(periodic["positions"], dtype=torch.long),
+                                 persistent=False)
+            self.periodic = PeriodicEmbeddings(len(periodic["positions"]), periodic["frequencies"],
+                                               periodic["dim"], periodic["sigma"])
+            width += len(periodic["positions"]) * periodic["dim"]
         self.ensemble_size = ensemble_size
         if ensemble_size > 1:
             self.mlp = EnsembleMLP(width, hidden_sizes, ensemble_size, batch_norm, dropout)
@@ -200,6 +235,8 @@ class EntityEmbeddingMLP(nn.Module):
             x = self.embedding_dropout(x)
         if continuous.shape[1]:
             x = torch.cat([x, self.continuous_norm(continuous)], dim=1)
+        if self.periodic is not None:
+            x = torch.cat([x, self.periodic(continuous.index_select(1, self.periodic_positions))], dim=1)
         if self.ensemble_size > 1:
             out = self.head(self.mlp(x.unsqueeze(1).expand(-1, self.ensemble_size, -1)))
             # Training: every member's output [N, k(, classes)], each with its own loss (TaskLoss);

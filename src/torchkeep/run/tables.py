@@ -180,7 +180,7 @@ def start(data: Any, config: RunConfig, overrides: dict[str, Any], progress: Pro
     config = with_monitor(config, schema.target.task)
     pretrained, config = read_init_from(config, schema)
     architecture = text.ARCHITECTURE if schema.text else ARCHITECTURE
-    model_args = text.model_args(config, schema) if schema.text else tabular_model_args(config.model, schema)
+    model_args = text.model_args(config, schema) if schema.text else tabular_model_args(config.model, schema, config.data.numeric_encoding)
     # Transformed before anything is written: bad data leaves no run directory behind.
     tensors = transform_splits(schema, train_frame, valid_frame, config, source)
     # Also checked before: freeze patterns, and what init_from loads (on a scratch model).

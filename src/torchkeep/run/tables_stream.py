@@ -103,7 +103,7 @@ def start(dataset: ParquetDataset, config: RunConfig, overrides: dict[str, Any],
     assert schema.target is not None
     config = with_monitor(config, schema.target.task)
     pretrained, config = read_init_from(config, schema)
-    model_args = tabular_model_args(config.model, schema)
+    model_args = tabular_model_args(config.model, schema, config.data.numeric_encoding)
     transfer_report = check_transfer(config.train.transfer, lambda: build_model(ARCHITECTURE, model_args),
                                      pretrained, level_aligner(schema))
     check_device(config.train.device)
