@@ -33,13 +33,17 @@ class DataConfig:
     continuous: list[str] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
     max_integer_levels: int = 32  # integer columns with at most this many values are categorical
+    # ... and, with this, continuous as well (an embedding per level and the number, so their order counts)
+    integer_levels_as_numbers: bool = False
     # Continuous columns: "robust" (median / IQR, smoothly clipped to +-3) or "standard" (mean / std)
-    # scaling, and "ple" (the scaled value plus `numeric_bins` piecewise-linear quantile bins) or "none".
+    # scaling, and "ple" (the scaled value plus `numeric_bins` piecewise-linear quantile bins), "periodic"
+    # (the model's periodic embeddings of the scaled value), "ple+periodic" or "none".
     scaling: str = "robust"
     numeric_encoding: str = "ple"
     numeric_bins: int = 16
     # Categorical levels seen fewer times than this in training share index 0 with nulls and unseen levels.
-    min_level_count: int = 1
+    # None: at least 0.1% of the training rows (data/table_spec.py MIN_LEVEL_SHARE), and at least 1
+    min_level_count: int | None = 1  # TEMP
     standardize_target: bool = True  # regression only
     # Parquet datasets (`path` a folder, a glob or an s3:// prefix of parquet files): read whole while their
     # size in memory (estimated from the footers) is at most `in_memory_bytes` (None: a quarter of this
@@ -99,11 +103,11 @@ class DataConfig:
             raise ConfigError(f"data.stream_cache_bytes must be >= 0 (got {self.stream_cache_bytes})")
         if self.scaling not in ("robust", "standard"):
             raise ConfigError(f"data.scaling must be robust or standard (got {self.scaling!r})")
-        if self.numeric_encoding not in ("ple", "periodic", "none"):
-            raise ConfigError(f"data.numeric_encoding must be ple, periodic or none (got {self.numeric_encoding!r})")
+        if self.numeric_encoding not in ("ple", "periodic", "ple+periodic", "none"):
+            raise ConfigError(f"data.numeric_encoding must be ple, periodic, ple+periodic or none (got {self.numeric_encoding!r})")
         if not 2 <= self.numeric_bins <= 256:
             raise ConfigError(f"data.numeric_bins must be from 2 to 256 (got {self.numeric_bins})")
-        if self.min_level_count < 1:
+        if self.min_level_count is not None and self.min_level_count < 1:
             raise ConfigError(f"data.min_level_count must be >= 1 (got {self.min_level_count})")
         if self.max_integer_levels < 0:
             raise ConfigError(f"data.max_integer_levels must be >= 0 (got {self.max_integer_levels})")

@@ -10,8 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+import torch
+
+from torchkeep.data.columns import encode_continuous_block
 from torchkeep.data.io import as_frame, read_table
 from torchkeep.data.table import TableSchema
+from torchkeep.data.table_spec import min_level_count_for
 from torchkeep.errors import DataError
 
 
@@ -165,3 +169,40 @@ def test_a_string_column_of_mostly_rare_values_is_an_identifier(make_table):
     # levels of a few rows each among common ones stay: most rows hold a value seen often
     frame = make_table().with_columns(zone=pl.Series([f"Z{i}" if i < 60 else f"Z{i % 4}" for i in range(300)]))
     assert "zone" in TableSchema.fit(frame, target="late").feature_names
+
+
+def test_integer_levels_as_numbers_makes_few_level_integers_both_kinds() -> None:
+    """An integer column with few levels gets an embedding and its number; one named by --categorical
+    (a nominal code) and string columns stay categorical only; many-level integers stay continuous only."""
+    rng = np.random.default_rng(0)
+    frame = pl.DataFrame({"hour": rng.integers(5, 23, 400), "zone": rng.integers(1, 9, 400),
+                          "city": rng.choice(["a", "b", "c"], 400), "distance": rng.integers(0, 5000, 400),
+                          "y": rng.normal(size=400)})
+    plain = TableSchema.fit(frame, target="y", categorical=["zone"])
+    both = TableSchema.fit(frame, target="y", categorical=["zone"], integer_levels_as_numbers=True,
+                           scaling="robust", numeric_encoding="ple")
+    assert [c.name for c in plain.categorical] == [c.name for c in both.categorical] == ["hour", "zone", "city"]
+    assert [c.name for c in plain.continuous] == ["distance"]
+    assert [c.name for c in both.continuous] == ["hour", "distance"]
+    assert both.feature_names == ["hour", "zone", "city", "distance"]  # each column once
+    tensors = both.transform(frame)
+    hour = both.continuous[0]
+    assert torch.allclose(tensors["continuous"][:, 0].double(),
+                          torch.from_numpy(encode_continuous_block(frame["hour"].to_numpy().astype(float), hour)[:, 0]).double())
+    assert both.transform(frame)["categorical"].equal(plain.transform(frame)["categorical"])
+
+
+def test_rare_levels_rule_follows_the_row_count() -> None:
+    """Without --min-level-count a level needs 0.1% of the training rows (at least 1) for its own vector;
+    the note names the column and the count."""
+    assert [min_level_count_for(rows, None) for rows in (1, 263, 1000, 1001, 36_500, 250_000)] == [1, 1, 1, 2, 37, 250]
+    assert min_level_count_for(36_500, 1) == 1 and min_level_count_for(10, 5) == 5  # the user's wins
+    rng = np.random.default_rng(0)
+    planes = np.concatenate([np.repeat([f"N{i}" for i in range(40)], 100), [f"R{i}" for i in range(1000)]])
+    frame = pl.DataFrame({"plane": planes, "x": rng.normal(size=planes.size), "y": rng.normal(size=planes.size)})
+    schema = TableSchema.fit(frame, target="y", min_level_count=None)
+    (plane,) = schema.categorical
+    assert len(plane.levels) == 40  # 5,000 rows: a level needs 5; the 1,000 seen once share index 0
+    assert schema.note_lines() == ["column 'plane' rare levels merged: 1,000 level(s) seen fewer than 5 times share"
+                                   " the unseen index"]
+    assert len(TableSchema.fit(frame, target="y").categorical[0].levels) == 1040  # the library's default: every level

@@ -41,6 +41,7 @@ def tables(draw: st.DrawFn) -> tuple[pl.DataFrame, dict[str, Any]]:
         "scaling": draw(st.sampled_from(["robust", "standard"])),
         "numeric_encoding": draw(st.sampled_from(["ple", "periodic", "none"])),
         "numeric_bins": draw(st.integers(2, 8)),
+        "integer_levels_as_numbers": draw(st.booleans()),
     }
     if draw(st.booleans()):
         frame = frame.with_columns(review=pl.Series([" ".join(rng.choice(WORDS, 3)) for _ in range(rows)]))

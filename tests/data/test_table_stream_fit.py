@@ -50,6 +50,7 @@ OPTIONS = [
     {},
     {"scaling": "robust", "numeric_encoding": "ple", "numeric_bins": 16, "min_level_count": 3},
     {"categorical": ["distance", "crash_id"], "continuous": ["hour"], "drop": ["gate"], "max_integer_levels": 10},
+    {"scaling": "robust", "numeric_encoding": "ple", "integer_levels_as_numbers": True, "min_level_count": None},
 ]
 
 

@@ -74,16 +74,21 @@ def add_parser(commands: Any) -> None:
     data.add_argument("--scaling", choices=["robust", "standard"],
                       help="continuous columns: robust (default) = (x - median) / (IQR / 1.349), smoothly clipped to"
                       " +-3 by z / sqrt(1 + (z/3)^2), so outliers cannot dominate; standard = (x - mean) / std")
-    data.add_argument("--numeric-encoding", choices=["ple", "periodic", "none"],
+    data.add_argument("--numeric-encoding", choices=["ple", "periodic", "ple+periodic", "none"],
                       help="ple (default): each continuous column also gets piecewise-linear bins over its training"
                       " quantiles (Gorishniy et al. 2022), one input per bin, so the first layer can bend the column's"
                       " effect; periodic: the model embeds each scaled value as ReLU(linear(cos, sin of 8 learned"
-                      " frequencies)), 8 numbers a column (the same paper's PLR); none: the scaled value only")
+                      " frequencies)), 8 numbers a column (the same paper's PLR); ple+periodic: both; none: the scaled value only")
     data.add_argument("--numeric-bins", type=int, metavar="N", help="ple bins per continuous column (default 16;"
                       " fewer where values repeat)")
+    data.add_argument("--integer-levels-as-numbers", action=argparse.BooleanOptionalAction, default=None,
+                      help="an integer column with at most 32 distinct values is categorical (an embedding per level);"
+                      " with this it is also continuous (its scaled value and bins), so the order of its levels"
+                      " counts too (hours, ordinal codes, small counts). Columns named by --categorical are left alone")
     data.add_argument("--min-level-count", type=int, metavar="N",
                       help="categorical levels seen fewer than N times in training share the index of null and"
-                      " unseen values (default 1: every level its own)")
+                      " unseen values (default: 0.1%% of the training rows, at least 1: a level needs 37 rows of 36,500"
+                      " for a vector of its own, so at most ~1,000 levels a column; 1: every level its own)")
     stream = p.add_argument_group(
         "large tables (parquet datasets)", "A dataset that fits in --in-memory-gib is read whole, as one table. A larger"
         " one (or any, with --stream) is streamed: its row groups are split into training and validation, the schema"
@@ -293,6 +298,7 @@ OVERRIDES = ("data", "example", "task", "valid_path", "valid_fraction", "dropout
              "text_ngrams", "min_freq", "max_vocab", "text_encoder", "text_embedding_dim", "text_dropout", "embeddings",
              "freeze_embeddings", "char_ngrams", "tokenizer", "text_weighting", "ema_decay", "pool", "scaling",
              "numeric_encoding", "numeric_bins", "ensemble_size", "label_smoothing", "min_level_count", "anneal_on_stall",
+             "integer_levels_as_numbers",
              "stream", "skip_bad_files", "strategy")
 
 

@@ -93,14 +93,16 @@ class TableSchema:
         identifier columns are dropped, numbers stored as strings are read as numbers; each is recorded in
         `notes` (one line a column). `options` and their defaults: table_fit.fit_columns (task,
         categorical, continuous, drop, max_integer_levels, standardize_target, source, text columns and
-        their vocabulary settings, scaling, numeric_encoding, numeric_bins)."""
+        their vocabulary settings, scaling, numeric_encoding, numeric_bins, integer_levels_as_numbers)."""
         return cls(*fit_columns(frame, target=target, **options))
 
     # -- transforming ---------------------------------------------------------------------------
 
     @property
     def feature_names(self) -> list[str]:
-        return [c.name for c in self.categorical] + [c.name for c in self.continuous] + [c.name for c in self.text]
+        # each once: an integer column with few levels may be both categorical and continuous
+        return list(dict.fromkeys([c.name for c in self.categorical] + [c.name for c in self.continuous]
+                                  + [c.name for c in self.text]))
 
     @property
     def cardinalities(self) -> list[int]:

@@ -18,6 +18,7 @@ from torchkeep.data.table_spec import (
     ID_UNIQUE_SHARE,
     MAX_CLASS_LEVELS_INFERRED,
     NUMERIC_ENCODINGS,
+    min_level_count_for,
     SCALINGS,
     TASKS,
     CategoricalColumn,
@@ -50,7 +51,8 @@ def fit_columns(
     scaling: str = "standard",
     numeric_encoding: str = "none",
     numeric_bins: int = 16,
-    min_level_count: int = 1,
+    min_level_count: int | None = 1,
+    integer_levels_as_numbers: bool = False,
 ) -> tuple[list[CategoricalColumn], list[ContinuousColumn], TargetSpec, list[TextColumn], list[dict[str, str]]]:
     """TableSchema.fit's columns, target, text columns and notes (see TableSchema.fit)."""
     if frame.height == 0:
@@ -87,6 +89,7 @@ def fit_columns(
     if numeric_encoding not in NUMERIC_ENCODINGS:
         raise DataError(f"numeric_encoding must be one of {', '.join(NUMERIC_ENCODINGS)} (got {numeric_encoding!r})")
     target_spec = fit_target(frame, target, task, standardize_target, source)
+    min_level_count = min_level_count_for(frame.height, min_level_count)
     cat_columns: list[CategoricalColumn] = []
     cont_columns: list[ContinuousColumn] = []
     notes: list[dict[str, str]] = []
@@ -118,9 +121,14 @@ def fit_columns(
                               "reason": f"{rare:,} level(s) seen fewer than {min_level_count} times share the"
                               " unseen index"})
             cat_columns.append(fitted)
+            if integer_levels_as_numbers and kind == "integer" and name not in categorical:
+                # an integer column made categorical by its few levels is also a number: the embedding
+                # learns each level, the number keeps their order (ordinal codes, hours, counts)
+                cont_columns.append(fit_continuous(column, source, scaling,
+                                                   numeric_bins if numeric_encoding.startswith("ple") else 0))
         else:
             cont_columns.append(fit_continuous(column, source, scaling,
-                                                    numeric_bins if numeric_encoding == "ple" else 0))
+                                                    numeric_bins if numeric_encoding.startswith("ple") else 0))
     if not cat_columns and not cont_columns and not text_columns:
         dropped = f" ({len(notes)} dropped: {sample([n['column'] for n in notes])})" if notes else ""
         raise DataError(f"{source}: no feature columns left besides the target '{target}'{dropped}")

@@ -61,8 +61,14 @@ def plain_value(kind: str, value: Any) -> tuple[bool, Any]:
 
 
 def column_kinds(schema: TableSchema) -> list[tuple[str, str]]:
-    return ([(c.name, c.kind) for c in schema.categorical] + [(c.name, "float") for c in schema.continuous]
-            + [(c.name, "text") for c in schema.text])
+    """(name, kind) of each feature column once; a column both categorical and continuous (an integer
+    with few levels) as its categorical kind, which the continuous encoding reads as numbers too."""
+    kinds = ([(c.name, c.kind) for c in schema.categorical] + [(c.name, "float") for c in schema.continuous]
+             + [(c.name, "text") for c in schema.text])
+    first: dict[str, str] = {}
+    for name, kind in kinds:
+        first.setdefault(name, kind)
+    return list(first.items())
 
 
 def rows_frame(rows: Sequence[dict[str, Any]], schema: TableSchema, source: str = "rows") -> pl.DataFrame:

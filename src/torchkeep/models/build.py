@@ -38,7 +38,7 @@ def periodic_positions(schema: TableSchema) -> list[int]:
 def tabular_model_args(config: TabularModelConfig, schema: TableSchema,
                        numeric_encoding: str = "none") -> dict[str, Any]:
     """The constructor arguments, all plain JSON values: saved so a model is rebuilt without its run.
-    `numeric_encoding` "periodic" adds the periodic embeddings of the continuous columns."""
+    `numeric_encoding` "periodic" or "ple+periodic" adds the periodic embeddings of the continuous columns."""
     assert schema.target is not None
     unknown = set(config.embedding_dims) - {c.name for c in schema.categorical}
     if unknown:
@@ -62,7 +62,7 @@ def tabular_model_args(config: TabularModelConfig, schema: TableSchema,
             for c in schema.categorical
         ],
         **({"periodic": {"positions": periodic_positions(schema), **PERIODIC}}
-           if numeric_encoding == "periodic" and schema.continuous else {}),
+           if numeric_encoding.endswith("periodic") and schema.continuous else {}),
     }
 
 

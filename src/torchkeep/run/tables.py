@@ -166,6 +166,7 @@ def start(data: Any, config: RunConfig, overrides: dict[str, Any], progress: Pro
         standardize_target=config.data.standardize_target, source=f"{source} (training split)",
         scaling=config.data.scaling, numeric_encoding=config.data.numeric_encoding,
         numeric_bins=config.data.numeric_bins, min_level_count=config.data.min_level_count,
+        integer_levels_as_numbers=config.data.integer_levels_as_numbers,
         **(text.fit_kwargs(config) if config.data.text_columns else {}),
     )
     if null_targets:

@@ -57,7 +57,7 @@ def dataset_at(config: RunConfig, data: Any) -> ParquetDataset | None:
 
 def run_bytes(config: RunConfig, dataset: ParquetDataset) -> int:
     """A run's memory for `dataset` read whole: the table and its tensors (ParquetDataset.run_bytes)."""
-    return dataset.run_bytes(config.data.numeric_bins if config.data.numeric_encoding == "ple" else 0)
+    return dataset.run_bytes(config.data.numeric_bins if config.data.numeric_encoding.startswith("ple") else 0)
 
 
 def streams(config: RunConfig, dataset: ParquetDataset) -> bool:
@@ -138,7 +138,8 @@ def _fit(dataset: ParquetDataset, config: RunConfig, progress: Progress
                 categorical=data.categorical, continuous=data.continuous, drop=data.drop,
                 max_integer_levels=data.max_integer_levels, standardize_target=data.standardize_target,
                 scaling=data.scaling, numeric_encoding=data.numeric_encoding, numeric_bins=data.numeric_bins,
-                min_level_count=data.min_level_count, source=f"{dataset.uri} (training fragments)",
+                min_level_count=data.min_level_count, integer_levels_as_numbers=data.integer_levels_as_numbers,
+                source=f"{dataset.uri} (training fragments)",
                 on_progress=progress_lines(progress.message))
         except UnreadableFile as error:
             if not data.skip_bad_files:
