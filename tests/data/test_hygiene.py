@@ -203,6 +203,7 @@ def test_rare_levels_rule_follows_the_row_count() -> None:
     schema = TableSchema.fit(frame, target="y", min_level_count=None)
     (plane,) = schema.categorical
     assert len(plane.levels) == 40  # 5,000 rows: a level needs 5; the 1,000 seen once share index 0
-    assert schema.note_lines() == ["column 'plane' rare levels merged: 1,000 level(s) seen fewer than 5 times share"
+    assert schema.note_lines() == ["column 'plane' rare levels merged: 1,000 level(s) seen fewer than 5 times (0.1% of"
+                                   " the training rows; --min-level-count sets it) share"
                                    " the unseen index"]
     assert len(TableSchema.fit(frame, target="y").categorical[0].levels) == 1040  # the library's default: every level

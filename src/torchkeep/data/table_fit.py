@@ -89,6 +89,7 @@ def fit_columns(
     if numeric_encoding not in NUMERIC_ENCODINGS:
         raise DataError(f"numeric_encoding must be one of {', '.join(NUMERIC_ENCODINGS)} (got {numeric_encoding!r})")
     target_spec = fit_target(frame, target, task, standardize_target, source)
+    by_rule = " (0.1% of the training rows; --min-level-count sets it)" if min_level_count is None else ""
     min_level_count = min_level_count_for(frame.height, min_level_count)
     cat_columns: list[CategoricalColumn] = []
     cont_columns: list[ContinuousColumn] = []
@@ -114,12 +115,12 @@ def fit_columns(
             rare = column.n_unique() - (column.null_count() > 0) - len(fitted.levels)
             if rare and not fitted.levels:
                 notes.append({"column": name, "action": "dropped",
-                              "reason": f"every level seen fewer than {min_level_count} times"})
+                              "reason": f"every level seen fewer than {min_level_count} times{by_rule}"})
                 continue
             if rare:
                 notes.append({"column": name, "action": "rare levels merged",
-                              "reason": f"{rare:,} level(s) seen fewer than {min_level_count} times share the"
-                              " unseen index"})
+                              "reason": f"{rare:,} level(s) seen fewer than {min_level_count} times{by_rule} share"
+                              " the unseen index"})
             cat_columns.append(fitted)
             if integer_levels_as_numbers and kind == "integer" and name not in categorical:
                 # an integer column made categorical by its few levels is also a number: the embedding

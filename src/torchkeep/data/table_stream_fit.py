@@ -191,7 +191,7 @@ def fit_streamed(
     cats, conts, notes = _columns(stats, kinds, columns, categorical, continuous, max_integer_levels, scaling,
                                   numeric_bins if numeric_encoding.startswith("ple") else 0,
                                   min_level_count_for(sum(counted[: len(train)]), min_level_count), source,
-                                  integer_levels_as_numbers)
+                                  integer_levels_as_numbers, by_rule=min_level_count is None)
     if not cats and not conts:
         dropped = f" ({len(notes)} dropped: {sample([n['column'] for n in notes])})" if notes else ""
         raise DataError(f"{source}: no feature columns left besides the target '{target}'{dropped}")
@@ -257,9 +257,10 @@ def _target(stats: ColumnStats, kind: str, dtype: Any, task: str | None, standar
 
 def _columns(stats: dict[str, ColumnStats], kinds: dict[str, str | None], columns: dict[str, Any],
              categorical: Any, continuous: Any, max_integer_levels: int, scaling: str, bins: int, min_count: int,
-             source: str, integer_levels_as_numbers: bool = False,
+             source: str, integer_levels_as_numbers: bool = False, *, by_rule: bool = False,
              ) -> tuple[list[CategoricalColumn], list[ContinuousColumn], list[dict[str, str]]]:
     """table_fit.fit_columns' loop over the columns, on their summaries."""
+    rule = " (0.1% of the training rows; --min-level-count sets it)" if by_rule else ""
     cats: list[CategoricalColumn] = []
     conts: list[ContinuousColumn] = []
     notes: list[dict[str, str]] = []
@@ -285,11 +286,12 @@ def _columns(stats: dict[str, ColumnStats], kinds: dict[str, str | None], column
             rare = column.distinct - len(fitted.levels)
             if rare and not fitted.levels:
                 notes.append({"column": name, "action": "dropped",
-                              "reason": f"every level seen fewer than {min_count} times"})
+                              "reason": f"every level seen fewer than {min_count} times{rule}"})
                 continue
             if rare:
                 notes.append({"column": name, "action": "rare levels merged",
-                              "reason": f"{rare:,} level(s) seen fewer than {min_count} times share the unseen index"})
+                              "reason": f"{rare:,} level(s) seen fewer than {min_count} times{rule} share the unseen"
+                              " index"})
             cats.append(fitted)
             if integer_levels_as_numbers and kind == "integer" and name not in categorical and column.sketch is not None:
                 conts.append(_continuous(column, scaling, bins))  # as table_fit: also a number
