@@ -43,7 +43,7 @@ class DataConfig:
     numeric_bins: int = 16
     # Categorical levels seen fewer times than this in training share index 0 with nulls and unseen levels.
     # None: at least 0.1% of the training rows (data/table_spec.py MIN_LEVEL_SHARE), and at least 1
-    min_level_count: int | None = 1  # TEMP
+    min_level_count: int | None = None
     standardize_target: bool = True  # regression only
     # Parquet datasets (`path` a folder, a glob or an s3:// prefix of parquet files): read whole while their
     # size in memory (estimated from the footers) is at most `in_memory_bytes` (None: a quarter of this

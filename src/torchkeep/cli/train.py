@@ -87,8 +87,9 @@ def add_parser(commands: Any) -> None:
                       " counts too (hours, ordinal codes, small counts). Columns named by --categorical are left alone")
     data.add_argument("--min-level-count", type=int, metavar="N",
                       help="categorical levels seen fewer than N times in training share the index of null and"
-                      " unseen values (default: 0.1%% of the training rows, at least 1: a level needs 37 rows of 36,500"
-                      " for a vector of its own, so at most ~1,000 levels a column; 1: every level its own)")
+                      " unseen values (default: in columns of more than 32 levels, 0.1%% of the training rows, at least 1:"
+                      " a level needs 37 rows of 36,500 for a vector of its own, so at most ~1,000 levels a column;"
+                      " columns of fewer levels keep them all. 1: every level its own)")
     stream = p.add_argument_group(
         "large tables (parquet datasets)", "A dataset that fits in --in-memory-gib is read whole, as one table. A larger"
         " one (or any, with --stream) is streamed: its row groups are split into training and validation, the schema"
