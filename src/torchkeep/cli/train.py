@@ -162,12 +162,12 @@ def add_parser(commands: Any) -> None:
     model.add_argument("--dropout", type=float, metavar="P", help="default 0 (image models 0.1)")
     model.add_argument("--ensemble-size", type=int, metavar="K",
                        help="tables: train K MLPs at once as one BatchEnsemble (TabM): shared weights, per-member"
-                       " scalings, biases and heads, one loss each; predictions are their mean (default 8; 1: one MLP)")
+                       " scalings, biases and heads, one loss each; predictions are their mean (default 16; 1: one MLP)")
     model.add_argument("--label-smoothing", type=float, metavar="E",
                        help="classification: training targets moved E towards uniform (default 0)")
     training = p.add_argument_group("training")
     training.add_argument("--epochs", type=int, metavar="N",
-                          help="tables: default from the step budget, about 4,000 optimizer steps (at most 4M rows x ensemble members"
+                          help="tables: default from the step budget, about 4,000 optimizer steps (at most 8M rows x ensemble members"
                           " seen, at least 3 epochs), printed when the run starts; with many short epochs, validation"
                           " ~40 times a run, early stop after 10 without improvement, best weights kept; images: 30, but at"
                           " most 12M pixels seen (training images x H x W) and at least 3 (28x28 x 1,293 images: 11);"
